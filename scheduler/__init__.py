@@ -1,0 +1,1 @@
+"""Switchyard control plane: storage, REST API, CLI, predictor, optimizer, tick and dispatch."""

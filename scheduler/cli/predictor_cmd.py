@@ -1,0 +1,48 @@
+"""``switchyard predictor fit|show``: fit the predictor on outcomes and see what the tick uses."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from scheduler.cli.common import clean_errors, settings
+
+
+def register(app: typer.Typer) -> None:
+    predictor = typer.Typer(help="The outcome predictor the tick uses.", no_args_is_help=True)
+    predictor.command()(fit)
+    predictor.command()(show)
+    app.add_typer(predictor, name="predictor")
+
+
+@clean_errors
+def fit(dataset: Annotated[Optional[list[Path]], typer.Option(
+            "--dataset", help="Outcome data (interchange JSONL) to learn from besides the job history.")] = None,
+        split: Annotated[Optional[str], typer.Option(help="Use only this split of the datasets (train/test).")] = None,
+        ) -> None:
+    """Fit the predictor on labelled job history (+ datasets) and save a new version for the tick."""
+    from scheduler.datasets.io import read_dataset
+    from scheduler.fleet import load_fleet
+    from scheduler.learning.learner import Learner
+    from scheduler.storage import Database, utcnow
+
+    current = settings()
+    records = [r for path in dataset or [] for r in read_dataset(path).records if split is None or r.split.value == split]
+    learner = Learner(current, Database(current.database_url), load_fleet(current.fleet_file))
+    version = learner.refit(utcnow(), records)
+    typer.echo(f"predictor {current.predictor_kind} version {version} saved to {learner.versions.path(version)}")
+
+
+@clean_errors
+def show() -> None:
+    """Which predictor version the tick would use, and how many labels each model has."""
+    from scheduler.fleet import load_fleet
+    from scheduler.learning.learner import Learner
+    from scheduler.storage import Database
+
+    current = settings()
+    learner = Learner(current, Database(current.database_url), load_fleet(current.fleet_file))
+    typer.echo(f"predictor: {learner.predictor().name}")
+    for model, count in sorted(learner.labels.counts_by_model().items()):
+        typer.echo(f"  {model}: {count} labelled outcomes")

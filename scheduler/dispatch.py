@@ -1,0 +1,59 @@
+"""Turn a committed Plan into Celery tasks: one per (model, micro-batch), on ``model.<name>``.
+
+Publishing happens after the plan is committed. If it fails, the jobs stay ``queued`` with a
+lease; when the lease runs out the tick plans them again, so nothing is lost.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from celery import Celery
+
+from scheduler.fleet import Fleet
+from scheduler.plan import Plan
+from scheduler.storage.window import Dispatch
+from workers.contract import TASK_NAME, queue_name, task_kwargs
+
+log = logging.getLogger(__name__)
+
+
+def plan_dispatches(plan: Plan, fleet: Fleet) -> list[Dispatch]:
+    """Split each model's assignments into micro-batches of its ``max_batch_jobs``."""
+    dispatches = []
+    for model, assignments in plan.by_model().items():
+        size = fleet.get(model).max_batch_jobs
+        job_ids = [a.job_id for a in assignments]
+        for start in range(0, len(job_ids), size):
+            dispatches.append(Dispatch(str(uuid.uuid4()), model, tuple(job_ids[start:start + size])))
+    return dispatches
+
+
+@dataclass
+class PublishReport:
+    published: int = 0
+    failed: list[tuple[Dispatch, str]] = field(default_factory=list)
+
+
+class CeleryDispatcher:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def publish(self, dispatches: Sequence[Dispatch]) -> PublishReport:
+        report = PublishReport()
+        if not dispatches:
+            return report
+        with self.app.producer_pool.acquire(block=True) as producer:
+            for dispatch in dispatches:
+                try:
+                    self.app.send_task(
+                        TASK_NAME, kwargs=task_kwargs(dispatch.dispatch_id, dispatch.model, list(dispatch.job_ids)),
+                        queue=queue_name(dispatch.model), producer=producer,
+                        retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+                    report.published += 1
+                except Exception as exc:  # noqa: BLE001 - the lease recovers these jobs
+                    log.warning("publishing %s to %s failed: %s", dispatch.dispatch_id, dispatch.model, exc)
+                    report.failed.append((dispatch, f"{type(exc).__name__}: {exc}"))
+        return report

@@ -1,0 +1,85 @@
+"""The scheduler service: elect one leader, then tick every ``tick_interval_s``.
+
+A standby process retries leadership every interval, so killing the leader hands over within a
+tick. A failing tick (database down, broker down) is logged and retried; it never ends the loop.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from scheduler.dispatch import CeleryDispatcher
+from scheduler.fleet import Fleet, load_fleet
+from scheduler.learning.fleet_predictor import FleetPredictor
+from scheduler.learning.learner import Learner
+from scheduler.policy import OptimizingPolicy
+from scheduler.settings import Settings
+from scheduler.storage import Database, FleetStore, WindowStore, utcnow
+from scheduler.storage.leader import LeaderLock
+from scheduler.tick import Dispatcher, Policy, TickReport, run_tick
+
+log = logging.getLogger(__name__)
+
+
+def default_policy(fleet: Fleet, settings: Settings) -> OptimizingPolicy:
+    """The fleet file's priors as predictions (before anything is learned); the optimizer still
+    enforces capacity, floors, caps and deadlines."""
+    return OptimizingPolicy(fleet, FleetPredictor(fleet, None, None, {}, None), horizon_s=settings.plan_horizon_s)
+
+
+class Scheduler:
+    """Everything a tick needs, built once from settings."""
+
+    def __init__(self, settings: Settings, db: Database, fleet: Fleet, policy: Policy,
+                 dispatcher: Dispatcher | None, learner: Learner | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.fleet = fleet
+        self.policy = policy
+        self.dispatcher = dispatcher
+        self.learner = learner
+        self.window_store = WindowStore(db)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Scheduler:
+        from workers.celery_app import make_celery
+
+        fleet = load_fleet(settings.fleet_file)
+        db = Database(settings.database_url)
+        return cls(settings, db, fleet, default_policy(fleet, settings), CeleryDispatcher(make_celery(settings)),
+                   Learner(settings, db, fleet))
+
+    def tick(self, *, dry_run: bool = False) -> TickReport:
+        if self.learner is not None:
+            # The newest fitted predictor (with its exploration bonus) plans this window.
+            self.policy = OptimizingPolicy(self.fleet, self.learner.predictor(), horizon_s=self.settings.plan_horizon_s)
+        report = run_tick(self.window_store, self.policy, self.fleet, self.dispatcher, self.settings, utcnow(),
+                          dry_run=dry_run)
+        if self.learner is not None and not dry_run:
+            self.learner.refit_in_background_if_due(utcnow())
+        return report
+
+    def run_forever(self, stop: threading.Event, on_tick: Callable[[TickReport], None] | None = None) -> None:
+        leader = LeaderLock(self.db)
+        synced = False
+        try:
+            while not stop.is_set():
+                try:
+                    if not synced:
+                        FleetStore(self.db).sync(self.fleet, utcnow())
+                        synced = True
+                    if not leader.try_acquire():
+                        log.info("another scheduler leads; standing by")
+                    else:
+                        report = self.tick()
+                        if on_tick is not None:
+                            on_tick(report)
+                        if report.plan.assignments or report.plan.deferrals or report.recovery.requeued:
+                            log.info(report.summary())
+                except Exception:  # noqa: BLE001 - the loop outlives any one tick
+                    log.exception("tick failed; retrying next interval")
+                    leader.release()
+                stop.wait(self.settings.tick_interval_s)
+        finally:
+            leader.release()

@@ -1,0 +1,65 @@
+"""The assignment problem of one scheduling window, as plain arrays, and its solution.
+
+This is the contract between the tick (which builds the arrays from live data) and the solvers
+(which are pure: arrays in, a solution out; no database, no clock). Shapes: N jobs, M models,
+G quality groups.
+
+    minimise   sum_ij cost_usd[i,j] x_ij + sum_i deferral_penalty_usd[i] d_i
+    subject to sum_j x_ij + d_i = 1                                  every job i
+               sum_i x_ij <= capacity[j]                             every model j
+               sum_{i in g} sum_j (p_success[i,j] - alpha[g]) x_ij >= 0
+                                                                     every group g with alpha
+               x_ij = 0 where not eligible[i,j]
+
+The quality row asks the *mean predicted success of the jobs scheduled in this window* for a
+group to reach alpha (ECCOS's constraint, with deferred jobs left out of the mean rather than
+counted as failures). A job with deferral_penalty_usd = inf must be assigned whenever it can be.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AssignmentProblem:
+    cost_usd: np.ndarray              # (N, M) float: predicted cost of job i on model j
+    p_success: np.ndarray             # (N, M) float in [0, 1]: predicted chance of a good answer
+    capacity: np.ndarray              # (M,) int >= 0: jobs model j can still take in this window
+    eligible: np.ndarray              # (N, M) bool: False where floor, deadline, allow-list or budget exclude j
+    group: np.ndarray                 # (N,) int in [0, G): the quality group of each job
+    alpha: np.ndarray                 # (G,) float: mean-quality target per group; nan = no target
+    deferral_penalty_usd: np.ndarray  # (N,) float >= 0: cost of leaving job i for a later tick; inf = never
+
+    @property
+    def num_jobs(self) -> int:
+        return int(self.cost_usd.shape[0])
+
+    @property
+    def num_models(self) -> int:
+        return int(self.cost_usd.shape[1])
+
+
+class SolveStatus(str, enum.Enum):
+    OPTIMAL = "optimal"        # proven optimal (gap within solver tolerance)
+    FEASIBLE = "feasible"      # feasible, gap reported by lower_bound_usd
+    RELAXED = "relaxed"        # the stated constraints could not all hold; see relaxations
+
+
+@dataclass(frozen=True)
+class AssignmentSolution:
+    model_index: np.ndarray           # (N,) int: chosen model per job, -1 = deferred
+    objective_usd: float              # value of the objective at model_index
+    lower_bound_usd: float            # proven lower bound on the optimum (for the gap)
+    status: SolveStatus
+    solver: str                       # e.g. "exact-highs", "fast-lagrangian"
+    solve_time_s: float
+    relaxations: tuple[str, ...] = field(default=())  # what was relaxed, in order, and why
+    group_alpha_used: np.ndarray | None = None        # (G,) alpha actually enforced after relaxation
+
+    @property
+    def gap(self) -> float:
+        """Relative optimality gap (objective - bound) / max(|objective|, tiny)."""
+        return float((self.objective_usd - self.lower_bound_usd) / max(abs(self.objective_usd), 1e-12))

@@ -1,0 +1,74 @@
+"""Random assignment problems with the structure of a real window, for tests and benchmarks.
+
+Costs span about two orders of magnitude across models (a CPU model at ~1/100 of the largest GPU
+or API model) and scale with each job's token count; the predicted success rises with the model's
+price and falls with the job's difficulty, so quality is bought with cost. The cheap models' free
+capacity is below the window size, and each group's alpha sits between the mean success of the
+cheapest plan and the best reachable one, so capacity and quality rows both bind.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler.optimizer.problem import AssignmentProblem
+
+
+def synthetic_problem(
+    num_jobs: int,
+    num_models: int,
+    *,
+    num_groups: int = 4,
+    seed: int = 0,
+    eligible_fraction: float = 0.9,
+    must_assign_fraction: float = 0.1,
+    quality_tightness: float = 0.3,
+    capacity_slack: float = 1.2,
+) -> AssignmentProblem:
+    """A feasible, binding instance; ``quality_tightness`` in [0, 1] moves alpha from the cheapest
+    plan's mean success (0) to the best reachable mean (1)."""
+    rng = np.random.default_rng(seed)
+    n, m = num_jobs, num_models
+    price_per_ktok = np.logspace(-2, 0, m) * 1e-3
+    strength = np.linspace(-1.0, 2.0, m) + rng.normal(0.0, 0.1, m)
+    tokens_k = rng.lognormal(0.0, 0.6, n)
+    cost = tokens_k[:, None] * price_per_ktok[None, :] * rng.lognormal(0.0, 0.15, (n, m))
+    difficulty = rng.normal(0.5, 1.0, n)
+    logit = 1.7 * (strength[None, :] - difficulty[:, None]) + rng.normal(0.0, 0.4, (n, m))
+    p = 1.0 / (1.0 + np.exp(-logit))
+
+    eligible = rng.random((n, m)) < eligible_fraction
+    eligible[:, -1] |= ~eligible.any(axis=1)  # the largest model can take any job
+
+    # Cheap models get less than an even share, the largest ones the rest (with slack), so the
+    # cheapest plan overflows and the total still covers the window.
+    share = np.linspace(0.5, 1.5, m)
+    capacity = np.floor(capacity_slack * n * share / share.sum()).astype(np.int64)
+
+    group = rng.integers(0, num_groups, n)
+    # "low" is the plan that fills models cheapest first up to capacity (what a capacity-only
+    # optimum looks like here), "high" every job on its best model; alpha sits between them.
+    fill = np.repeat(np.arange(m), capacity)[: n]
+    fill = np.concatenate([fill, np.full(n - fill.size, m - 1)])
+    cheap_plan = rng.permutation(fill)
+    best = np.where(eligible, p, -np.inf).argmax(axis=1)
+    rows = np.arange(n)
+    alpha = np.empty(num_groups)
+    for g in range(num_groups):
+        in_g = group == g
+        low = p[rows[in_g], cheap_plan[in_g]].mean() if in_g.any() else 0.5
+        high = p[rows[in_g], best[in_g]].mean() if in_g.any() else 0.5
+        alpha[g] = low + quality_tightness * (high - low)
+
+    # Deferral costs a few times the job's dearest option: dear enough that the optimizer schedules
+    # most jobs, cheap enough that it may leave a hopeless one for later.
+    penalty = cost.max(axis=1) * rng.uniform(1.5, 4.0, n)
+    penalty[rng.random(n) < must_assign_fraction] = np.inf
+    return AssignmentProblem(
+        cost_usd=cost,
+        p_success=p,
+        capacity=capacity,
+        eligible=eligible,
+        group=group,
+        alpha=alpha,
+        deferral_penalty_usd=penalty,
+    )

@@ -1,0 +1,50 @@
+"""Shape and value checks on an AssignmentProblem, so a solver never sees garbage."""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler.errors import InvalidRequest
+from scheduler.optimizer.problem import AssignmentProblem
+
+
+def validate_problem(problem: AssignmentProblem) -> None:
+    """Raise InvalidRequest naming the first field with a wrong shape, dtype or value."""
+    cost = np.asarray(problem.cost_usd)
+    if cost.ndim != 2:
+        raise InvalidRequest(f"cost_usd must be (N, M), got shape {cost.shape}")
+    n, m = cost.shape
+    shapes = {
+        "p_success": (problem.p_success, (n, m)),
+        "eligible": (problem.eligible, (n, m)),
+        "capacity": (problem.capacity, (m,)),
+        "group": (problem.group, (n,)),
+        "deferral_penalty_usd": (problem.deferral_penalty_usd, (n,)),
+    }
+    for name, (arr, shape) in shapes.items():
+        if np.shape(arr) != shape:
+            raise InvalidRequest(f"{name} must have shape {shape}, got {np.shape(arr)}")
+    if np.ndim(problem.alpha) != 1:
+        raise InvalidRequest(f"alpha must be (G,), got shape {np.shape(problem.alpha)}")
+    if np.asarray(problem.eligible).dtype != bool:
+        raise InvalidRequest("eligible must be a bool array")
+    for name in ("capacity", "group"):
+        if not np.issubdtype(np.asarray(getattr(problem, name)).dtype, np.integer):
+            raise InvalidRequest(f"{name} must be an integer array")
+    if not np.isfinite(cost).all():
+        raise InvalidRequest("cost_usd has NaN or infinite entries")
+    p = np.asarray(problem.p_success)
+    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise InvalidRequest("p_success must be finite and in [0, 1]")
+    if (np.asarray(problem.capacity) < 0).any():
+        raise InvalidRequest("capacity must be >= 0")
+    g = np.asarray(problem.group)
+    num_groups = np.size(problem.alpha)
+    if n and ((g < 0) | (g >= num_groups)).any():
+        raise InvalidRequest(f"group must be in [0, {num_groups})")
+    alpha = np.asarray(problem.alpha, dtype=float)
+    target = alpha[~np.isnan(alpha)]
+    if ((target < 0) | (target > 1)).any():
+        raise InvalidRequest("alpha must be in [0, 1] or nan (no target)")
+    w = np.asarray(problem.deferral_penalty_usd, dtype=float)
+    if np.isnan(w).any() or (w < 0).any():
+        raise InvalidRequest("deferral_penalty_usd must be >= 0 (inf = never defer)")

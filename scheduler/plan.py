@@ -1,0 +1,80 @@
+"""The decision of one tick, as data.
+
+A tick produces a frozen ``Plan``; a separate step applies it (commit, then publish).
+``switchyard tick --dry-run``, replay and tests all read the same object.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WindowJob:
+    """What the policy needs to know about one pending job (no database types)."""
+
+    id: str
+    batch_id: str | None
+    prompt_text: str
+    max_tokens: int
+    min_quality: float | None
+    deadline_at: dt.datetime | None
+    allowed_models: tuple[str, ...] | None
+    max_cost_usd: float | None
+    batch_alpha: float | None
+    created_at: dt.datetime
+    attempts: int
+    expire_on_deadline_miss: bool = False
+    batch_budget_left_usd: float | None = None   # the batch's cap minus what it spent and reserved
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """A model of the fleet as the tick sees it now: live workers and what they measured."""
+
+    name: str
+    live_workers: int                  # worker processes (slots) with a fresh heartbeat
+    backlog_jobs: int                  # already queued or running on it
+    tokens_per_s: float | None = None  # measured generation speed (None before any job finished)
+    mean_latency_s: float | None = None  # measured seconds per job
+
+
+@dataclass(frozen=True)
+class Assignment:
+    job_id: str
+    model: str
+    predicted_quality: float
+    predicted_cost_usd: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Deferral:
+    job_id: str
+    reason: str
+    expire: bool = False        # the job cannot be served any more (deadline passed): expire it
+
+
+@dataclass(frozen=True)
+class Plan:
+    tick_id: str
+    created_at: dt.datetime
+    policy: str
+    assignments: tuple[Assignment, ...]
+    deferrals: tuple[Deferral, ...]
+    objective_usd: float = 0.0
+    lower_bound_usd: float = 0.0
+    notes: tuple[str, ...] = field(default=())
+
+    def by_model(self) -> dict[str, list[Assignment]]:
+        grouped: dict[str, list[Assignment]] = defaultdict(list)
+        for assignment in self.assignments:
+            grouped[assignment.model].append(assignment)
+        return dict(grouped)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat()
+        return data

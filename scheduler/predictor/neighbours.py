@@ -1,0 +1,50 @@
+"""Exact top-k cosine neighbour search over unit-normalised embeddings, in memory-bounded chunks."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def top_k_neighbours(
+    queries: np.ndarray, base: np.ndarray, k: int, *, exclude_self: bool = False, chunk_rows: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and cosine similarities (both (N, k), most similar first) of each query's k nearest.
+
+    ``exclude_self`` treats ``queries`` as ``base`` and leaves each row out of its own neighbours,
+    which gives leave-one-out retrieval estimates on the training set.
+    """
+    k = min(k, base.shape[0] - (1 if exclude_self else 0))
+    if k <= 0:
+        raise ValueError("not enough base rows for a neighbour search")
+    n = queries.shape[0]
+    idx = np.empty((n, k), dtype=np.int64)
+    sim = np.empty((n, k), dtype=np.float32)
+    nb = base.shape[0]
+    for start in range(0, n, chunk_rows):
+        stop = min(start + chunk_rows, n)
+        s = queries[start:stop] @ base.T
+        if exclude_self:
+            rows = np.arange(stop - start)
+            s[rows, rows + start] = -np.inf
+        # The k-th largest value per row by np.partition (cheaper than argpartition), then the
+        # entries at or above it: np.nonzero yields them row by row, so each row's first k are
+        # its top k (ties broken by column order).
+        kth = np.partition(s, nb - k, axis=1)[:, nb - k] if k < nb else s.min(axis=1)
+        r, c = np.nonzero(s >= kth[:, None])
+        first = np.searchsorted(r, np.arange(stop - start))
+        take = first[:, None] + np.arange(k)[None, :]
+        part, part_sim = c[take], s[r[take], c[take]]
+        order = np.argsort(-part_sim, axis=1, kind="stable")
+        idx[start:stop] = np.take_along_axis(part, order, axis=1)
+        sim[start:stop] = np.take_along_axis(part_sim, order, axis=1)
+    return idx, sim
+
+
+def neighbour_mean(values: np.ndarray, idx: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted sum and weight total of ``values`` (Nb, M, nan = unobserved) over each row's neighbours.
+
+    Returns (sum (N, M), weight (N, M)); unobserved neighbour outcomes carry no weight.
+    """
+    vals = values[idx]                                  # (N, k, M)
+    observed = ~np.isnan(vals)
+    w = weights[:, :, None] * observed
+    return (w * np.nan_to_num(vals)).sum(axis=1), w.sum(axis=1)

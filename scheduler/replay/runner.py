@@ -1,0 +1,175 @@
+"""Replay: fit on the train split, route the test split through predictor + optimizer, score it.
+
+Test jobs arrive in a seeded random order (logs are often sorted by task, which no real arrival
+stream is) and are routed in windows of ``window`` jobs. Policies see only predictions and
+decision costs (:mod:`scheduler.replay.costs`); realised scores and costs are used to score them.
+Test rows where some model was not observed cannot be scored for every policy and are dropped
+(counted in ``details``).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scheduler.datasets.costing import DEFAULT_ASSUMED_OUTPUT_TOKENS, OutcomeMatrix, realised_cost_usd
+from scheduler.datasets.records import OutcomeDataset, Split
+from scheduler.errors import InvalidRequest
+from scheduler.predictor import Prediction, Predictor, calibration_report, make_predictor
+from scheduler.replay import policies as pol
+from scheduler.replay.costs import decision_cost_usd
+from scheduler.replay.margin import DEFAULT_Z, SafetyMargin, cross_validated_bias
+from scheduler.replay.report import BestSingle, PolicyPoint, ReplayReport, make_point
+
+Progress = Callable[[str, int, int], None]   # (what is running now, steps done, steps in all)
+
+
+class ReplayError(InvalidRequest):
+    """The dataset cannot be replayed."""
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    alphas: tuple[float, ...] | None = None   # None: sweep (see sweep_alphas)
+    window: int = 256
+    predictor: str = "switchyard"
+    solver: pol.SolverChoice = field(default_factory=pol.SolverChoice)      # ours and the oracle
+    eccos_solver: pol.SolverChoice = field(default_factory=lambda: pol.SolverChoice("exact", "cbc"))
+    assumed_output_tokens: float = DEFAULT_ASSUMED_OUTPUT_TOKENS
+    margin: str = "cv"        # "cv": CV bias + noise term; "noise": noise term only; "none"
+    confidence_z: float = DEFAULT_Z
+    cv_folds: int = 3
+    use_tasks: bool = True    # give the predictors each job's task label (ECCOS-R ignores it)
+    shuffle: bool = True
+    seed: int = 0
+
+
+def sweep_alphas(single_qualities: Sequence[float], oracle_quality: float, step: float = 0.005) -> list[float]:
+    """Alphas from the worst single model's quality to the oracle's, plus the best model's exactly."""
+    lo = np.floor(min(single_qualities) / step) * step
+    grid = np.arange(lo, oracle_quality + 1e-9, step)
+    return sorted({round(float(a), 4) for a in grid} | {round(float(max(single_qualities)), 4)})
+
+
+def _matrices(dataset: OutcomeDataset) -> tuple[OutcomeMatrix, OutcomeMatrix, int]:
+    models = dataset.models
+    train = OutcomeMatrix.from_records(dataset.split(Split.TRAIN), models)
+    test_all = OutcomeMatrix.from_records(dataset.split(Split.TEST), models)
+    complete = test_all.complete_rows()
+    if not complete.any():
+        raise ReplayError(f"{dataset.name}: no test record has an outcome for every model")
+    if len(train.ids) < 10:
+        raise ReplayError(f"{dataset.name}: too few train records ({len(train.ids)}) to fit a predictor")
+    return train, test_all.subset(complete), int((~complete).sum())
+
+
+def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress | None = None) -> ReplayReport:
+    """Run every policy on ``dataset``'s test split and return the report (see module doc)."""
+    t0 = time.perf_counter()
+    train, test, dropped = _matrices(dataset)
+    n, m = test.scores.shape
+    order = np.random.default_rng(config.seed).permutation(n) if config.shuffle else np.arange(n)
+    scores = test.scores[order]
+    real_cost = realised_cost_usd(test, dataset.prices, config.assumed_output_tokens)[order]
+    rows = np.arange(n)
+
+    single_q = scores.mean(axis=0)
+    single_c = real_cost.sum(axis=0)
+    jb = int(np.argmax(single_q))
+    best = BestSingle(test.models[jb], float(single_q[jb]), float(single_c[jb]))
+    oracle_pick = pol.oracle_best(scores, real_cost)
+    oracle_q = float(scores[rows, oracle_pick].mean())
+    alphas = list(config.alphas) if config.alphas else sweep_alphas(single_q.tolist(), oracle_q)
+    total_steps = 2 + len(alphas)
+    done = 0
+
+    def say(message: str, advance: int = 0) -> None:
+        nonlocal done
+        done += advance
+        if progress is not None:
+            progress(message, done, total_steps)
+
+    say("fitting predictors on the train split")
+    fits: dict[str, Predictor] = {}
+    preds: dict[str, Prediction] = {}
+    fit_s: dict[str, float] = {}
+    for name in (config.predictor, "eccos-r"):
+        start = time.perf_counter()
+        fits[name] = make_predictor(name).fit(
+            train.prompts, train.scores, train.output_tokens, train.models,
+            tasks=train.tasks if config.use_tasks else None,
+        )
+        preds[name] = fits[name].predict(
+            [test.prompts[i] for i in order], tasks=[test.tasks[i] for i in order] if config.use_tasks else None,
+        )
+        fit_s[name] = time.perf_counter() - start
+    ours, eccos = preds[config.predictor], preds["eccos-r"]
+    test_perm = test.subset(order)
+    cost_ours = decision_cost_usd(test_perm, train, dataset.prices, ours.output_tokens, config.assumed_output_tokens)
+    cost_eccos = decision_cost_usd(test_perm, train, dataset.prices, eccos.output_tokens, config.assumed_output_tokens)
+    say("predictors fitted", 1)
+
+    def point(alpha: float | None, pick: np.ndarray) -> PolicyPoint:
+        return make_point(alpha, float(scores[rows, pick].mean()), float(real_cost[rows, pick].sum()), best.cost_usd)
+
+    policies: dict[str, list[PolicyPoint]] = {
+        name: [make_point(None, float(single_q[j]), float(single_c[j]), best.cost_usd)]
+        for j, name in enumerate(test.models)
+    }
+    policies["random"] = [point(None, pol.random_policy(n, m, config.seed))]
+    policies["oracle"] = [point(None, oracle_pick)]
+
+    margin = SafetyMargin(0.0, config.confidence_z if config.margin != "none" else 0.0, n)
+    if config.margin == "cv":
+        say("estimating the safety margin by cross-validation on train")
+        bias = cross_validated_bias(
+            train, dataset.prices, config.predictor, window=config.window, solver=config.solver,
+            assumed_output_tokens=config.assumed_output_tokens, folds=config.cv_folds, seed=config.seed,
+            use_tasks=config.use_tasks,
+        )
+        margin = SafetyMargin(bias, config.confidence_z, n)
+    say("routing the test split", 1)
+
+    policies["eccos-r-rule"], policies["eccos-ilp"], policies["switchyard"] = [], [], []
+    for alpha in alphas:
+        policies["oracle"].append(point(alpha, pol.ilp_policy(scores, real_cost, alpha, config.window, config.solver)))
+        policies["eccos-r-rule"].append(point(alpha, pol.eccos_rule(eccos.p_success, cost_eccos, alpha)))
+        policies["eccos-ilp"].append(
+            point(alpha, pol.ilp_policy(eccos.p_success, cost_eccos, alpha, config.window, config.eccos_solver)))
+        target = min(alpha + margin(alpha), 1.0)
+        policies["switchyard"].append(
+            point(alpha, pol.ilp_policy(ours.p_success, cost_ours, target, config.window, config.solver)))
+        say(f"alpha {alpha:.3f}", 1)
+
+    report = ReplayReport(
+        dataset=dataset.name, n_train=len(train.ids), n_test=n, best_single=best, policies=policies,
+    )
+    report.summarise(list(test.models))
+    report.details = {
+        "predictor": config.predictor,
+        "predictor_params": _jsonable(fits[config.predictor].params()),
+        "window": config.window,
+        "use_tasks": config.use_tasks,
+        "solver": vars(config.solver),
+        "eccos_solver": vars(config.eccos_solver),
+        "margin": {"mode": config.margin, "cv_bias": margin.bias, "z": margin.z, "horizon_jobs": n},
+        "test_rows_dropped_incomplete": dropped,
+        "arrival_order": "seeded shuffle" if config.shuffle else "file order",
+        "seed": config.seed,
+        "calibration_test": {
+            name: calibration_report(preds[name].p_success, scores, test.models) for name in fits
+        },
+        "fit_and_predict_s": fit_s,
+        "total_s": time.perf_counter() - t0,
+    }
+    return report
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value

@@ -1,0 +1,109 @@
+"""The one validated settings object. Nothing else in Switchyard reads ``os.environ``.
+
+Every field can be set with an environment variable ``SWITCHYARD_<FIELD>`` (upper case).
+The defaults are the embedded setup: SQLite for jobs and kombu's SQLAlchemy transport over
+SQLite for Celery messages, so a laptop needs no servers.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path(".switchyard")
+DEFAULT_FLEET_FILE = Path(__file__).resolve().parent / "fleet.default.toml"
+
+
+class Settings(BaseSettings):
+    """Switchyard configuration (env prefix ``SWITCHYARD_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        default=f"sqlite:///{DEFAULT_HOME / 'switchyard.db'}",
+        description="SQLAlchemy URL of the job store: postgresql+psycopg://... in production.",
+    )
+    broker_url: str = Field(
+        default=f"sqla+sqlite:///{DEFAULT_HOME / 'broker.db'}",
+        description="Celery broker URL: redis://host:6379/0 in production.",
+    )
+    fleet_file: Path = Field(
+        default=DEFAULT_FLEET_FILE, description="TOML file naming each model, its backend, price and capacity."
+    )
+    api_url: str = Field(default="http://127.0.0.1:8000", description="Where CLI client commands reach the API.")
+    owner: str = Field(
+        default="default", min_length=1, max_length=128,
+        description="Owner (tenant) the CLI submits as; sent as the X-Switchyard-Owner header.",
+    )
+    tick_interval_s: float = Field(default=2.0, gt=0, le=3600, description="Seconds between scheduling ticks.")
+    window_max_jobs: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="Most pending jobs one tick claims and plans."
+    )
+    plan_horizon_s: float = Field(
+        default=30.0, gt=0, le=86_400,
+        description="Seconds of work the tick queues ahead per live worker slot (sizes each model's capacity).",
+    )
+    queue_lease_s: float = Field(
+        default=900.0, gt=0, description="A queued job not started within this many seconds is re-published."
+    )
+    run_lease_s: float = Field(
+        default=30.0, gt=0,
+        description="A running job whose worker stops renewing its lease (dead, or past the job's timeout) "
+        "for this many seconds is retried. Must exceed heartbeat_interval_s.",
+    )
+    max_attempts: int = Field(default=3, ge=1, le=100, description="Runs a job may start before it is failed.")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Largest request body the API accepts (413 beyond)."
+    )
+    max_jobs_per_request: int = Field(default=10_000, ge=1, description="Most jobs one submit call may carry.")
+    max_prompt_chars: int = Field(default=200_000, ge=1, description="Longest prompt accepted, in characters.")
+    max_tokens_limit: int = Field(default=8192, ge=1, description="Largest max_tokens a job may ask for.")
+    llama_threads: int = Field(
+        default=1, ge=1, le=256, description="llama.cpp threads per worker process (1 on small machines)."
+    )
+    model_cache_dir: Path = Field(
+        default=DEFAULT_HOME / "models", description="Where weights assembled from chunk packages are written."
+    )
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, description="Seconds between worker heartbeats.")
+    embedding_model_dir: Path | None = Field(
+        default=None, description="Folder with model.onnx + tokenizer.json for the MiniLM featuriser "
+        "(default: the `embeddings` extra's packages).")
+    embedding_threads: int = Field(default=0, ge=0, le=256, description="onnxruntime threads (0 = its default).")
+    embedding_cache_dir: Path | None = Field(
+        default=None, description="Cache prompt embeddings here (replays re-read them instead of re-encoding).")
+    endpoint_api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='API keys of OpenAI-compatible endpoints by model name, as JSON: {"gpt-4o-mini": "sk-..."}.')
+    predictor_dir: Path = Field(
+        default=DEFAULT_HOME / "predictors", description="Where fitted predictor versions are kept (newest is used)."
+    )
+    predictor_kind: str = Field(default="switchyard", description="Predictor fitted on outcomes (see `replay`).")
+    refit_min_new_labels: int = Field(
+        default=200, ge=1, description="Refit the predictor once this many new outcome labels have arrived."
+    )
+    refit_min_interval_s: float = Field(default=600.0, ge=0, description="At most one refit per this many seconds.")
+    exploration_delta: float = Field(
+        default=0.1, ge=0, le=1, description="UCB bonus scale for models tried too little (0 = no exploration)."
+    )
+    exploration_budget_fraction: float = Field(
+        default=0.1, ge=0, le=1, description="Share of each window's jobs that may be scheduled optimistically."
+    )
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeat(self) -> Settings:
+        if self.run_lease_s <= self.heartbeat_interval_s:
+            raise ValueError("run_lease_s must be longer than heartbeat_interval_s, which renews it")
+        return self
+
+    def as_environment(self) -> dict[str, str]:
+        """Every setting as the SWITCHYARD_* variables that reproduce it in a child process."""
+        env = {f"SWITCHYARD_{name.upper()}": str(value) for name, value in self.model_dump().items()}
+        env["SWITCHYARD_ENDPOINT_API_KEYS"] = json.dumps(
+            {model: key.get_secret_value() for model, key in self.endpoint_api_keys.items()})
+        return env
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

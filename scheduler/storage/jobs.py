@@ -1,0 +1,210 @@
+"""Submitting, reading, listing and cancelling jobs (the API's side of the store)."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+
+from scheduler.errors import Conflict, InvalidRequest, NotFound
+from scheduler.grading import Grader
+from scheduler.jobspec import BatchSpec, JobSpec
+from scheduler.storage.database import Database, rows_affected
+from scheduler.storage.tables import Batch, Job
+from scheduler.storage.types import CANCELLABLE_STATUSES, JobStatus
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    batch: Batch
+    counts: dict[str, int]      # status -> number of jobs
+    cost_usd: float             # spent so far on finished jobs
+
+
+class JobStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- submit ---------------------------------------------------------------------------
+    def submit_job(self, owner: str, spec: JobSpec, now: dt.datetime) -> tuple[Job, bool]:
+        """Insert one pending job; returns (job, created). A repeated idempotency key returns
+        the first job, or raises Conflict if the key was used for a different request."""
+        if spec.idempotency_key:
+            existing = self._job_by_key(owner, spec.idempotency_key)
+            if existing is not None:
+                self._check_same_request(existing, spec.request_hash())
+                return existing, False
+        try:
+            with self.db.session() as session:
+                job = _new_job(owner, spec, None, now)
+                session.add(job)
+            return job, True
+        except IntegrityError:
+            # A concurrent submit with the same key won the race: return its job.
+            existing = self._job_by_key(owner, spec.idempotency_key or "")
+            if existing is None:
+                raise
+            self._check_same_request(existing, spec.request_hash())
+            return existing, False
+
+    def submit_batch(self, owner: str, spec: BatchSpec, now: dt.datetime) -> tuple[Batch, list[Job], bool]:
+        """Insert a batch and all its jobs in one transaction (all or nothing)."""
+        if spec.idempotency_key:
+            found = self._batch_by_key(owner, spec.idempotency_key)
+            if found is not None:
+                self._check_same_request(found, spec.request_hash())
+                return found, self._batch_jobs(found.id), False
+        self._reject_reused_job_keys(owner, spec.jobs)
+        batch = Batch(id=str(uuid.uuid4()), owner=owner, name=spec.name, alpha=spec.alpha,
+                      max_cost_usd=spec.max_cost_usd, num_jobs=len(spec.jobs),
+                      idempotency_key=spec.idempotency_key, request_hash=spec.request_hash(), created_at=now)
+        # One microsecond apart: created_at then orders a batch's jobs as submitted (listing,
+        # results files, the tick's oldest-first claim) instead of by random id.
+        jobs = [_new_job(owner, job_spec, batch.id, now + dt.timedelta(microseconds=index))
+                for index, job_spec in enumerate(spec.jobs)]
+        try:
+            with self.db.session() as session:
+                session.add(batch)
+                session.flush()
+                session.add_all(jobs)
+        except IntegrityError as exc:
+            found = self._batch_by_key(owner, spec.idempotency_key) if spec.idempotency_key else None
+            if found is None:
+                raise Conflict("an idempotency_key in this batch was used by a concurrent submit") from exc
+            return found, self._batch_jobs(found.id), False
+        return batch, jobs, True
+
+    # -- read -----------------------------------------------------------------------------
+    def get_job(self, owner: str, job_id: str) -> Job:
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.owner != owner:
+                raise NotFound(f"no job {job_id}")
+            return job
+
+    def list_jobs(self, owner: str, *, status: JobStatus | None = None, batch_id: str | None = None,
+                  model: str | None = None, limit: int = 50, cursor: str | None = None) -> JobPage:
+        """Newest first, keyset-paginated: pass ``next_cursor`` back to get the next page."""
+        query = select(Job).where(Job.owner == owner)
+        if status is not None:
+            query = query.where(Job.status == status)
+        if batch_id is not None:
+            query = query.where(Job.batch_id == batch_id)
+        if model is not None:
+            query = query.where(Job.assigned_model == model)
+        if cursor:
+            created_at, job_id = _decode_cursor(cursor)
+            query = query.where(or_(Job.created_at < created_at,
+                                    and_(Job.created_at == created_at, Job.id < job_id)))
+        query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+        with self.db.session() as session:
+            rows = list(session.scalars(query))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return JobPage(rows, _encode_cursor(rows[-1]) if more else None)
+
+    def get_batch(self, owner: str, batch_id: str) -> BatchSummary:
+        with self.db.session() as session:
+            batch = session.get(Batch, batch_id)
+            if batch is None or batch.owner != owner:
+                raise NotFound(f"no batch {batch_id}")
+            counts = dict(session.execute(
+                select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)).tuples().all())
+            cost = session.scalar(select(func.coalesce(func.sum(Job.cost_usd), 0.0))
+                                  .where(Job.batch_id == batch_id))
+        return BatchSummary(batch, {JobStatus(s).value: n for s, n in counts.items()}, float(cost or 0.0))
+
+    # -- cancel ---------------------------------------------------------------------------
+    def cancel_job(self, owner: str, job_id: str, now: dt.datetime) -> Job:
+        """Cancel a pending or queued job. A worker that later receives it skips it."""
+        with self.db.session() as session:
+            cancelled = rows_affected(session.execute(
+                update(Job).where(Job.id == job_id, Job.owner == owner,
+                                  Job.status.in_(CANCELLABLE_STATUSES))
+                .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now, lease_expires_at=None)
+            ))
+        job = self.get_job(owner, job_id)
+        if not cancelled and job.status != JobStatus.CANCELLED:
+            raise Conflict(f"job {job_id} is {job.status.value}; only pending or queued jobs can be cancelled")
+        return job
+
+    # -- feedback -------------------------------------------------------------------------
+    def record_feedback(self, owner: str, job_id: str, score: float, now: dt.datetime) -> Job:
+        """A person's (or an external grader's) score for a finished job; it overrides the built-in grade."""
+        with self.db.session() as session:
+            updated = rows_affected(session.execute(
+                update(Job).where(Job.id == job_id, Job.owner == owner, Job.status == JobStatus.SUCCEEDED)
+                .values(score=score, score_source="feedback", scored_at=now, updated_at=now)))
+        job = self.get_job(owner, job_id)
+        if not updated:
+            raise Conflict(f"job {job_id} is {job.status.value}; feedback is for succeeded jobs")
+        return job
+
+    # -- helpers --------------------------------------------------------------------------
+    def _job_by_key(self, owner: str, key: str) -> Job | None:
+        with self.db.session() as session:
+            return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+
+    def _batch_by_key(self, owner: str, key: str) -> Batch | None:
+        with self.db.session() as session:
+            return session.scalar(select(Batch).where(Batch.owner == owner, Batch.idempotency_key == key))
+
+    def _batch_jobs(self, batch_id: str) -> list[Job]:
+        with self.db.session() as session:
+            return list(session.scalars(select(Job).where(Job.batch_id == batch_id).order_by(Job.created_at)))
+
+    def _reject_reused_job_keys(self, owner: str, specs: Sequence[JobSpec]) -> None:
+        keys = [s.idempotency_key for s in specs if s.idempotency_key]
+        if not keys:
+            return
+        with self.db.session() as session:
+            used = [key for key in session.scalars(select(Job.idempotency_key).where(
+                Job.owner == owner, Job.idempotency_key.in_(keys))) if key]
+        if used:
+            raise Conflict(f"idempotency_key already used by earlier jobs: {sorted(used)[:10]}; "
+                           "resubmit the batch with its own idempotency_key to make it idempotent")
+
+    @staticmethod
+    def _check_same_request(row: Job | Batch, request_hash: str) -> None:
+        if row.request_hash != request_hash:
+            raise Conflict(f"idempotency_key {row.idempotency_key!r} was already used for a different request")
+
+
+def _new_job(owner: str, spec: JobSpec, batch_id: str | None, now: dt.datetime) -> Job:
+    return Job(
+        id=str(uuid.uuid4()), batch_id=batch_id, owner=owner, status=JobStatus.PENDING,
+        prompt=spec.prompt,
+        messages=[m.model_dump() for m in spec.messages] if spec.messages is not None else None,
+        max_tokens=spec.max_tokens, temperature=spec.temperature, stop=spec.stop,
+        min_quality=spec.min_quality, deadline_at=spec.deadline, allowed_models=spec.allowed_models,
+        max_cost_usd=spec.max_cost_usd, on_deadline_miss=spec.on_deadline_miss, metadata_=spec.metadata,
+        reference=spec.reference,
+        grader=(spec.grader or Grader.CONTAINS).value if spec.reference is not None else None,
+        idempotency_key=spec.idempotency_key,
+        request_hash=spec.request_hash(), attempts=0, created_at=now, updated_at=now,
+    )
+
+
+def _encode_cursor(job: Job) -> str:
+    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        created_at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return dt.datetime.fromisoformat(created_at), job_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("malformed cursor; pass back the next_cursor of a previous page") from exc
+
+

@@ -1,0 +1,148 @@
+"""SQLAlchemy 2 table models. Only ``scheduler.storage`` imports SQLAlchemy.
+
+Alembic migrations in ``migrations/`` create exactly these tables; a test compares them.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON, Boolean, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from scheduler.storage.types import JobStatus, UTCDateTime
+
+STATUS_TYPE = Enum(
+    JobStatus, native_enum=False, length=16, validate_strings=True,
+    values_callable=lambda enum_cls: [member.value for member in enum_cls], name="job_status",
+)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class Batch(Base):
+    """Jobs submitted together; the unit of a mean-quality target and a spend cap."""
+
+    __tablename__ = "batches"
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_batches_owner_idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    alpha: Mapped[float | None] = mapped_column(Float)
+    max_cost_usd: Mapped[float | None] = mapped_column(Float)
+    num_jobs: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+
+
+class Job(Base):
+    """One prompt and everything that happens to it."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
+        Index("ix_jobs_status_created_at", "status", "created_at"),
+        Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+        Index("ix_jobs_owner_created_at", "owner", "created_at"),
+        Index("ix_jobs_scored_at", "scored_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    status: Mapped[JobStatus] = mapped_column(STATUS_TYPE)
+    # What to generate.
+    prompt: Mapped[str | None] = mapped_column(Text)
+    messages: Mapped[list[Any] | None]
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    temperature: Mapped[float] = mapped_column(Float)
+    stop: Mapped[list[Any] | None]
+    # Constraints.
+    min_quality: Mapped[float | None] = mapped_column(Float)
+    deadline_at: Mapped[dt.datetime | None]
+    allowed_models: Mapped[list[Any] | None]
+    max_cost_usd: Mapped[float | None] = mapped_column(Float)
+    on_deadline_miss: Mapped[str] = mapped_column(String(16), server_default="run_late")
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # The scheduling decision and its execution.
+    assigned_model: Mapped[str | None] = mapped_column(String(64))
+    assignment_reason: Mapped[str | None] = mapped_column(Text)
+    predicted_quality: Mapped[float | None] = mapped_column(Float)
+    predicted_cost_usd: Mapped[float | None] = mapped_column(Float)
+    dispatch_id: Mapped[str | None] = mapped_column(String(36))
+    run_token: Mapped[str | None] = mapped_column(String(36))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[dt.datetime | None]
+    worker: Mapped[str | None] = mapped_column(String(200))
+    # The outcome.
+    result_text: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    latency_s: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    # The outcome label the predictor learns from: a grade against the reference, or feedback.
+    reference: Mapped[str | None] = mapped_column(Text)
+    grader: Mapped[str | None] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float)
+    score_source: Mapped[str | None] = mapped_column(String(16))
+    scored_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    queued_at: Mapped[dt.datetime | None]
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+
+class FleetModel(Base):
+    """A model of the fleet as last read from the fleet file (the API lists these)."""
+
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(32))
+    spec: Mapped[dict[str, Any]]
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[dt.datetime]
+
+
+class WorkerHeartbeat(Base):
+    """What a worker process last said about itself."""
+
+    __tablename__ = "worker_heartbeats"
+
+    worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), index=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    jobs_done: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    mean_latency_s: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime]
+
+
+class Decision(Base):
+    """One scheduling decision for one job in one tick: assigned to a model, or deferred."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tick_id: Mapped[str] = mapped_column(String(36), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    predicted_quality: Mapped[float | None] = mapped_column(Float)
+    predicted_cost_usd: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime]

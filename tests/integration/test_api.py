@@ -1,0 +1,177 @@
+"""The REST API on a real Postgres: submit, get, list, cancel, idempotency, and every bad input."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, update
+
+from scheduler.api.app import create_app
+from scheduler.fleet import Fleet
+from scheduler.storage import Database, JobStatus
+from scheduler.storage.tables import Batch, Job
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+def api(pg_db: Database, fleet: Fleet) -> Iterator[TestClient]:
+    settings = make_settings(pg_db.url, max_body_bytes=64 * 1024, max_jobs_per_request=50, max_tokens_limit=1024)
+    with TestClient(create_app(settings, pg_db, fleet)) as client:
+        yield client
+
+
+def counts(db: Database) -> tuple[int, int]:
+    with db.session() as session:
+        return session.scalar(select(func.count()).select_from(Job)), session.scalar(
+            select(func.count()).select_from(Batch))
+
+
+def test_submit_get_list_cancel(api: TestClient) -> None:
+    created = api.post("/v1/jobs", json={"prompt": "What is 2+2?", "max_tokens": 16, "min_quality": 0.2})
+    assert created.status_code == 201
+    job = created.json()
+    assert job["status"] == "pending" and job["owner"] == "default" and job["max_tokens"] == 16
+
+    assert api.get(f"/v1/jobs/{job['id']}").json()["prompt"] == "What is 2+2?"
+    chat = api.post("/v1/jobs", json={"messages": [{"role": "user", "content": "hi"}]}).json()
+
+    listed = api.get("/v1/jobs", params={"limit": 1}).json()
+    assert [j["id"] for j in listed["jobs"]] == [chat["id"]]  # newest first
+    second = api.get("/v1/jobs", params={"limit": 1, "cursor": listed["next_cursor"]}).json()
+    assert [j["id"] for j in second["jobs"]] == [job["id"]] and second["next_cursor"] is None
+    assert api.get("/v1/jobs", params={"status": "succeeded"}).json()["jobs"] == []
+
+    cancelled = api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert api.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"  # idempotent
+
+
+def test_owners_see_only_their_jobs(api: TestClient) -> None:
+    job = api.post("/v1/jobs", json={"prompt": "mine"}, headers={"X-Switchyard-Owner": "team-a"}).json()
+    assert job["owner"] == "team-a"
+    assert api.get(f"/v1/jobs/{job['id']}", headers={"X-Switchyard-Owner": "team-b"}).status_code == 404
+    assert api.get("/v1/jobs", headers={"X-Switchyard-Owner": "team-b"}).json()["jobs"] == []
+
+
+def test_batch_is_written_whole(api: TestClient, pg_db: Database) -> None:
+    response = api.post("/v1/batches", json={"name": "b", "alpha": 0.5, "jobs": [
+        {"prompt": "one"}, {"prompt": "two", "allowed_models": ["gemma-3-270m"]}]})
+    assert response.status_code == 201
+    body = response.json()
+    assert len(body["job_ids"]) == 2 and body["batch"]["counts"] == {"pending": 2}
+    assert api.get(f"/v1/batches/{body['batch']['id']}").json()["done"] is False
+    listed = api.get("/v1/jobs", params={"batch_id": body["batch"]["id"]}).json()["jobs"]
+    assert {j["id"] for j in listed} == set(body["job_ids"])
+    assert counts(pg_db) == (2, 1)
+
+
+def test_idempotent_job_submit(api: TestClient, pg_db: Database) -> None:
+    first = api.post("/v1/jobs", json={"prompt": "once", "idempotency_key": "k1"})
+    again = api.post("/v1/jobs", json={"prompt": "once", "idempotency_key": "k1"})
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    other = api.post("/v1/jobs", json={"prompt": "different", "idempotency_key": "k1"})
+    assert other.status_code == 409 and "different request" in other.json()["error"]
+    assert counts(pg_db) == (1, 0)
+
+
+def test_idempotent_batch_submit(api: TestClient, pg_db: Database) -> None:
+    batch = {"idempotency_key": "b1", "jobs": [{"prompt": "a"}, {"prompt": "b"}]}
+    first = api.post("/v1/batches", json=batch)
+    again = api.post("/v1/batches", json=batch)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["job_ids"] == first.json()["job_ids"]
+    assert counts(pg_db) == (2, 1)
+
+
+BAD_REQUESTS = [
+    ("empty prompt", {"prompt": "   "}, 422, "empty"),
+    ("no prompt", {"max_tokens": 5}, 422, "exactly one"),
+    ("prompt and messages", {"prompt": "a", "messages": [{"role": "user", "content": "b"}]}, 422, "exactly one"),
+    ("unknown model", {"prompt": "a", "allowed_models": ["gpt-9"]}, 422, "unknown model"),
+    ("absurd max_tokens", {"prompt": "a", "max_tokens": 10_000_000}, 422, "max_tokens"),
+    ("zero max_tokens", {"prompt": "a", "max_tokens": 0}, 422, "max_tokens"),
+    ("bad temperature", {"prompt": "a", "temperature": 9}, 422, "temperature"),
+    ("unknown field", {"prompt": "a", "colour": "red"}, 422, "colour"),
+    ("naive deadline", {"prompt": "a", "deadline": "2030-01-01T00:00:00"}, 422, "time zone"),
+    ("past deadline", {"prompt": "a", "deadline": "2000-01-01T00:00:00Z"}, 422, "past"),
+    ("quality above 1", {"prompt": "a", "min_quality": 1.5}, 422, "min_quality"),
+    ("bad role", {"messages": [{"role": "robot", "content": "x"}]}, 422, "role"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "words"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_job_is_a_clear_4xx_and_writes_nothing(api: TestClient, pg_db: Database, case: str, body: dict,
+                                                   status: int, words: str) -> None:
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]
+    assert counts(pg_db) == (0, 0)
+
+
+def test_malformed_json_is_400(api: TestClient, pg_db: Database) -> None:
+    response = api.post("/v1/jobs", content=b'{"prompt": "a",', headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"] == "malformed JSON body"
+    assert counts(pg_db) == (0, 0)
+
+
+def test_oversized_body_is_413(api: TestClient, pg_db: Database) -> None:
+    body = json.dumps({"prompt": "x" * 100_000}).encode()
+    assert api.post("/v1/jobs", content=body, headers={"content-type": "application/json"}).status_code == 413
+
+    def chunks():  # no Content-Length: the middleware counts the bytes
+        yield body[:50_000]
+        yield body[50_000:]
+
+    response = api.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "larger than" in response.json()["error"]
+    assert counts(pg_db) == (0, 0)
+
+
+def test_one_bad_job_rejects_the_whole_batch(api: TestClient, pg_db: Database) -> None:
+    response = api.post("/v1/batches", json={"jobs": [{"prompt": "fine"}, {"prompt": "x", "max_tokens": 99_999}]})
+    assert response.status_code == 422 and "jobs[1]" in response.json()["error"]
+    too_many = api.post("/v1/batches", json={"jobs": [{"prompt": "p"}] * 51})
+    assert too_many.status_code == 422 and "limit is 50" in too_many.json()["error"]
+    assert api.post("/v1/batches", json={"jobs": []}).status_code == 422
+    assert counts(pg_db) == (0, 0)
+
+
+def test_reused_job_key_in_batch_is_409_and_writes_nothing(api: TestClient, pg_db: Database) -> None:
+    api.post("/v1/jobs", json={"prompt": "a", "idempotency_key": "taken"})
+    response = api.post("/v1/batches", json={"jobs": [{"prompt": "b"}, {"prompt": "c", "idempotency_key": "taken"}]})
+    assert response.status_code == 409
+    assert counts(pg_db) == (1, 0)
+
+
+def test_not_found_and_conflicts(api: TestClient) -> None:
+    assert api.get("/v1/jobs/nope").status_code == 404
+    assert api.get("/v1/batches/nope").status_code == 404
+    assert api.post("/v1/jobs/nope/cancel").status_code == 404
+    assert api.get("/v1/jobs", params={"cursor": "!!!"}).status_code == 422
+    assert api.get("/v1/jobs", params={"status": "sleeping"}).status_code == 422
+    assert api.get("/v1/jobs", params={"limit": 0}).status_code == 422
+
+
+def test_models_health_and_openapi(api: TestClient) -> None:
+    names = [m["name"] for m in api.get("/v1/models").json()]
+    assert names == ["smollm2-135m", "gemma-3-270m"]
+    assert api.get("/healthz").json() == {"status": "ok"}
+    assert api.get("/readyz").json() == {"status": "ready"}
+    assert "/v1/jobs" in api.get("/openapi.json").json()["paths"]
+
+
+def test_feedback_labels_a_succeeded_job(api: TestClient, pg_db: Database) -> None:
+    job = api.post("/v1/jobs", json={"prompt": "2+2?", "reference": "4", "grader": "numeric"}).json()
+    assert (job["reference"], job["grader"], job["score"]) == ("4", "numeric", None)
+    early = api.post(f"/v1/jobs/{job['id']}/feedback", json={"score": 1.0})
+    assert early.status_code == 409 and "succeeded" in early.json()["error"]
+    with pg_db.session() as session:
+        session.execute(update(Job).where(Job.id == job["id"]).values(status=JobStatus.SUCCEEDED))
+    scored = api.post(f"/v1/jobs/{job['id']}/feedback", json={"score": 0.25})
+    assert scored.status_code == 200
+    assert (scored.json()["score"], scored.json()["score_source"]) == (0.25, "feedback")
+    assert api.post(f"/v1/jobs/{job['id']}/feedback", json={"score": 2}).status_code == 422
+    assert api.post("/v1/jobs", json={"prompt": "x", "grader": "exact"}).status_code == 422  # no reference

@@ -1,0 +1,202 @@
+"""Property tests: every plan feasible, every bound valid, solvers against a brute-force oracle."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scheduler.optimizer import AssignmentProblem, SolveStatus, fast, lp_core, solve
+from scheduler.optimizer.highs_model import cost_scale, quality_coeff, solve_subset
+from scheduler.optimizer.plan_check import FEASIBILITY_TOL, objective_usd, violations
+from scheduler.optimizer.relax import relax
+from scheduler.optimizer.synthetic import synthetic_problem
+
+TOL = 1e-7
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def windows(draw, max_jobs: int, max_models: int, max_groups: int = 3, min_jobs: int = 1
+            ) -> AssignmentProblem:
+    """Small windows of every shape: tight or loose capacity, holes in eligibility, must-assign
+    jobs, groups without a target; many of them infeasible as stated."""
+    n = draw(st.integers(min_jobs, max_jobs))
+    m = draw(st.integers(1, max_models))
+    num_groups = draw(st.integers(1, max_groups))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    must_fraction = draw(st.sampled_from([0.0, 0.3, 1.0]))
+    eligible_fraction = draw(st.sampled_from([0.5, 0.8, 1.0]))
+    capacity = rng.integers(0, n + 1, m) if draw(st.booleans()) else np.full(m, n)
+    alpha = np.where(rng.random(num_groups) < 0.25, np.nan, rng.uniform(0.2, 0.9, num_groups))
+    penalty = rng.uniform(0.05, 2.0, n).round(3)
+    penalty[rng.random(n) < must_fraction] = np.inf
+    return AssignmentProblem(
+        cost_usd=rng.uniform(0.01, 1.0, (n, m)).round(3),
+        p_success=rng.uniform(0.0, 1.0, (n, m)).round(3),
+        capacity=capacity.astype(np.int64),
+        eligible=rng.random((n, m)) < eligible_fraction,
+        group=rng.integers(0, num_groups, n),
+        alpha=alpha.round(2),
+        deferral_penalty_usd=penalty,
+    )
+
+
+def _check_solution(problem: AssignmentProblem, sol) -> None:
+    relaxed = relax(problem)
+    plan = sol.model_index
+    assert "witness plan" not in sol.solver  # solve()'s safety net must not be what saved it
+    assert violations(relaxed.problem, plan) == []
+    np.testing.assert_array_equal(sol.group_alpha_used, relaxed.alpha_used)
+    target = ~np.isnan(problem.alpha)
+    assert (sol.group_alpha_used[target] <= problem.alpha[target]).all()
+    # Against the problem as stated, the only breaks allowed are the relaxed ones.
+    for broken in violations(problem, plan, sol.group_alpha_used):
+        assert "must-assign" in broken and sol.status is SolveStatus.RELAXED
+    assert (sol.status is SolveStatus.RELAXED) == bool(sol.relaxations)
+    assert sol.objective_usd == pytest.approx(objective_usd(relaxed.problem, plan), abs=1e-9)
+    assert sol.lower_bound_usd <= sol.objective_usd + TOL
+
+
+@settings(SETTINGS, max_examples=60)
+@given(windows(max_jobs=30, max_models=4))
+def test_plans_are_feasible_and_bounds_hold_across_solvers(problem):
+    fast = solve(problem, "fast")
+    exact = solve(problem, "exact-highspy", time_limit_s=20)
+    for sol in (fast, exact):
+        _check_solution(problem, sol)
+    assert fast.relaxations == exact.relaxations
+    slack = TOL * max(1.0, abs(exact.objective_usd))
+    assert exact.objective_usd >= fast.lower_bound_usd - slack
+    assert fast.objective_usd >= exact.lower_bound_usd - slack
+    if exact.status is not SolveStatus.FEASIBLE:
+        assert exact.objective_usd <= fast.objective_usd * (1 + 1e-4) + slack
+
+
+def _brute_force(problem: AssignmentProblem) -> tuple[float, float | None]:
+    """(optimum, best reachable mean of group 0 with no quality row) over every plan."""
+    n, m = problem.num_jobs, problem.num_models
+    plans = np.array(list(itertools.product(range(-1, m), repeat=n)))
+    rows = np.arange(n)
+    on = plans >= 0
+    k = np.where(on, plans, 0)
+    ok = (on & problem.eligible[rows, k]) | (~on & np.isfinite(problem.deferral_penalty_usd))
+    ok = ok.all(axis=1)
+    for j in range(m):
+        ok &= (plans == j).sum(axis=1) <= problem.capacity[j]
+    p = np.where(on, problem.p_success[rows, k], 0.0)
+    best_mean = None
+    if ok.any() and problem.alpha.size == 1:
+        count = on.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            best_mean = float(np.where(ok & (count > 0), p.sum(axis=1) / count, -1).max())
+    for g in np.flatnonzero(~np.isnan(problem.alpha)):
+        in_g = problem.group == g
+        ok &= ((p - problem.alpha[g]) * (on & in_g)).sum(axis=1) >= -FEASIBILITY_TOL
+    cost = np.where(on, problem.cost_usd[rows, k], problem.deferral_penalty_usd)
+    return float(np.where(ok, cost.sum(axis=1), np.inf).min()), best_mean
+
+
+@settings(SETTINGS, max_examples=80)
+@given(windows(max_jobs=6, max_models=2, max_groups=2))
+def test_solvers_meet_the_brute_force_optimum(problem):
+    relaxed = relax(problem)
+    optimum, _ = _brute_force(relaxed.problem)
+    assert np.isfinite(optimum)  # the relaxed problem is always feasible
+    slack = 1e-4 * abs(optimum) + 1e-9
+    for method in ("exact-highspy", "exact-highs"):
+        sol = solve(problem, method)
+        assert sol.objective_usd == pytest.approx(optimum, rel=1e-4, abs=1e-9)
+        assert sol.lower_bound_usd <= optimum + slack
+    fast = solve(problem, "fast")
+    assert fast.objective_usd >= optimum - slack
+    assert fast.lower_bound_usd <= optimum + slack
+    lowered = relaxed.alpha_used < problem.alpha
+    if problem.alpha.size == 1 and lowered.any():
+        # With one group the lowered alpha is exactly the best reachable mean.
+        _, reachable = _brute_force(replace(relaxed.problem, alpha=np.array([np.nan])))
+        assert relaxed.alpha_used[0] == pytest.approx(reachable, abs=1e-8)
+
+
+@settings(SETTINGS, max_examples=15)
+@given(windows(max_jobs=12, max_models=3, max_groups=2))
+def test_cbc_and_highs_agree(problem):
+    cbc = solve(problem, "exact", backend="cbc", time_limit_s=20)
+    highs = solve(problem, "exact", backend="highs", time_limit_s=20)
+    _check_solution(problem, cbc)
+    assert cbc.objective_usd == pytest.approx(highs.objective_usd, rel=2e-4, abs=1e-9)
+    assert cbc.relaxations == highs.relaxations
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_is_close_to_exact_on_synthetic_windows(seed):
+    # The gap fast.py states for small windows: at most a few %, typically well under 1%.
+    problem = synthetic_problem(80, 3, num_groups=2, seed=seed)
+    fast = solve(problem, "fast")
+    exact = solve(problem, "exact-highspy", time_limit_s=30)
+    assert exact.status is SolveStatus.OPTIMAL
+    assert fast.objective_usd <= exact.objective_usd * 1.03
+    assert fast.lower_bound_usd <= exact.objective_usd * (1 + 1e-9)
+
+
+@settings(SETTINGS, max_examples=8)
+@given(windows(min_jobs=600, max_jobs=1500, max_models=5))
+def test_core_lp_equals_the_full_lp_on_adversarial_windows(problem):
+    # Above lp_core.BASE_JOBS the prices, the core and column generation all take part.
+    relaxed = relax(problem).problem
+    coeff, scale = quality_coeff(relaxed), cost_scale(relaxed)
+    core = lp_core.solve_lp(relaxed, coeff, scale)
+    full = solve_subset(relaxed, np.arange(relaxed.num_jobs), np.full(relaxed.num_jobs, -1),
+                        coeff=coeff, scale=scale)
+    assert core.slack <= 1e-9
+    assert core.value == pytest.approx(full.objective, rel=1e-6, abs=1e-9)
+    assert core.bound <= full.objective * (1 + 1e-9) + 1e-12
+    _check_solution(problem, solve(problem, "fast"))
+
+
+def test_core_lp_equals_the_full_lp():
+    problem = synthetic_problem(2000, 6, seed=3)
+    coeff, scale = quality_coeff(problem), cost_scale(problem)
+    core = lp_core.solve_lp(problem, coeff, scale)
+    full = solve_subset(problem, np.arange(problem.num_jobs), np.full(problem.num_jobs, -1),
+                        coeff=coeff, scale=scale)
+    assert core.core.size < problem.num_jobs / 2  # the point of the core: most jobs stay fixed
+    assert core.value == pytest.approx(full.objective, rel=1e-7)
+    assert core.bound == pytest.approx(full.objective, rel=1e-6)
+    assert core.bound <= core.value + 1e-12
+
+
+def test_column_generation_recovers_from_poor_prices(monkeypatch):
+    # With zero prices the first core is the wrong set of jobs; pricing must pull in every job
+    # whose fixed option stops being its cheapest until the core LP is the full LP.
+    problem = synthetic_problem(2000, 6, seed=4)
+    coeff, scale = quality_coeff(problem), cost_scale(problem)
+    monkeypatch.setattr(lp_core, "smooth_prices", lambda p, *a: np.zeros(p.num_models + p.alpha.size))
+    core = lp_core.solve_lp(problem, coeff, scale)
+    full = solve_subset(problem, np.arange(problem.num_jobs), np.full(problem.num_jobs, -1),
+                        coeff=coeff, scale=scale)
+    assert core.rounds > 1
+    assert core.value == pytest.approx(full.objective, rel=1e-7)
+    assert core.bound <= full.objective * (1 + 1e-9)
+
+
+def test_fast_rounds_with_a_milp_when_the_repair_gives_up(monkeypatch):
+    monkeypatch.setattr(fast, "repair", lambda *a: None)
+    problem = synthetic_problem(60, 3, seed=5)
+    sol = solve(problem, "fast", time_limit_s=5)
+    assert sol.solver == "fast-lagrangian (neighbourhood)"
+    _check_solution(problem, sol)
+    # 60 jobs < MIN_NEIGHBOURHOOD: the rounding MILP covers the whole window.
+    exact = solve(problem, "exact-highspy", time_limit_s=20)
+    assert sol.objective_usd <= exact.objective_usd * (1 + 1e-3)
+
+
+def test_fast_certifies_half_a_percent_on_a_10k_window():
+    problem = synthetic_problem(10_000, 8, seed=2)
+    sol = solve(problem, "fast")
+    assert violations(problem, sol.model_index, sol.group_alpha_used) == []
+    assert sol.gap <= 0.005
+    assert sol.status is SolveStatus.FEASIBLE or sol.status is SolveStatus.OPTIMAL

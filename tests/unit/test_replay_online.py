@@ -1,0 +1,196 @@
+"""Online replay: bandit feedback only, oracle regret 0, cold-start exploration, CLI."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from scheduler.cli.replay_cmd import register
+from scheduler.datasets import (
+    ModelPrice,
+    Outcome,
+    OutcomeDataset,
+    OutcomeMatrix,
+    OutcomeRecord,
+    Split,
+    read_dataset,
+    write_dataset,
+)
+from scheduler.datasets.costing import realised_cost_usd
+from scheduler.learning.fleet_predictor import Exploration
+from scheduler.replay.online import (
+    GREEDY,
+    ORACLE,
+    UCB,
+    OnlineConfig,
+    OnlineLearner,
+    OnlineReport,
+    default_alpha,
+    repeats_json,
+    run_online,
+    run_online_repeats,
+    summarise_runs,
+)
+from scheduler.replay.online_plot import plot_online
+
+# Four models; the cheapest ("a") is right 60% of the time, the dearest ("d") always.
+RATES = {"a": 0.6, "b": 0.3, "c": 0.7, "d": 1.0}
+PRICES = {"a": 0.1, "b": 0.5, "c": 2.0, "d": 10.0}
+
+
+def _synthetic(n_train: int = 40, n_test: int = 300, seed: int = 1) -> OutcomeDataset:
+    rng = np.random.default_rng(seed)
+    words = ["alpha", "beta", "gamma", "delta", "sigma", "omega", "kappa", "theta"]
+    records = []
+    for i in range(n_train + n_test):
+        prompt = " ".join(rng.choice(words, size=12)) + f" q{i % 7}"
+        outcomes = {m: Outcome(float(rng.random() < r), None, 8) for m, r in RATES.items()}
+        records.append(OutcomeRecord(f"r{i}", prompt, f"t{i % 3}", Split.TRAIN if i < n_train else Split.TEST,
+                                     outcomes))
+    prices = {m: ModelPrice(p, p) for m, p in PRICES.items()}
+    return OutcomeDataset("synthetic", tuple(records), prices)
+
+
+@pytest.fixture(scope="module")
+def cold_report() -> OnlineReport:
+    return run_online(_synthetic(), OnlineConfig(alpha=0.8, window=50, cold=True))
+
+
+def test_oracle_has_zero_regret_and_regret_is_cumulative(cold_report: OnlineReport) -> None:
+    report = cold_report
+    oracle = report.policies[ORACLE]
+    assert oracle.score_regret == 0.0 and oracle.cost_regret_usd == 0.0
+    assert all(w.cum_score_regret == 0.0 and w.cum_cost_regret_usd == 0.0 for w in oracle.windows)
+    for pol in report.policies.values():
+        assert [w.end for w in pol.windows] == [50, 100, 150, 200, 250, 300]
+        assert pol.windows[-1].cum_score_regret == pytest.approx(pol.score_regret)
+        assert sum(pol.jobs_per_model.values()) == 300
+        assert sum(w.cost_usd for w in pol.windows) == pytest.approx(pol.cost_usd)
+    # always using the dearest model: never fewer successes than the oracle, never cheaper
+    assert report.policies["best-single"].score_regret <= 0 < report.policies["best-single"].cost_regret_usd
+    json.dumps(report.to_json())
+
+
+def test_cold_start_exploration_tries_every_model_and_greedy_does_not(cold_report: OnlineReport) -> None:
+    report = cold_report
+    counts = report.details["label_counts_online"]
+    assert all(n > 0 for n in counts[UCB].values()), counts[UCB]
+    assert sum(counts[UCB].values()) == 300
+    # greedy with a 0.5 prior settles on the first model that beats the prior and never looks further
+    assert any(n == 0 for n in counts[GREEDY].values()), counts[GREEDY]
+    assert report.n_history_initial == 0 and report.mode == "cold"
+    assert sum(w.explored for w in report.policies[UCB].windows) > 0
+    assert all(w.explored == 0 for w in report.policies[GREEDY].windows)
+
+
+def test_only_the_chosen_outcome_is_revealed() -> None:
+    data = _synthetic()
+    models = data.models
+    stream = OutcomeMatrix.from_records(data.split(Split.TEST), models)
+    cost = realised_cost_usd(stream, data.prices)
+    config = OnlineConfig(alpha=0.8, window=25, cold=True, min_fit_labels=20)
+    learner = OnlineLearner(UCB, config, models, data.prices, None, stream, cost, Exploration(0.2, 0.5, seed=3))
+    assert learner.n == 0
+    seen_rows = 0
+    for start in (0, 25, 50):
+        sl = slice(start, start + 25)
+        pick, _, _ = learner.decide(sl)
+        learner.reveal(sl, pick)
+        hist = learner.scores[start:start + 25]
+        observed = ~np.isnan(hist)
+        assert (observed.sum(axis=1) == 1).all()                     # one outcome per job...
+        assert (np.argmax(observed, axis=1) == pick).all()           # ...the chosen model's
+        assert np.array_equal(hist[np.arange(25), pick], stream.scores[sl][np.arange(25), pick])
+        assert np.isnan(learner.cost[start:start + 25][~observed]).all()
+        seen_rows += 25
+        assert learner.n == seen_rows and learner.counts.sum() == seen_rows
+        learner.refit()
+    assert learner.fits >= 1
+    assert np.isnan(learner.scores[learner.n:]).all()                 # nothing beyond the arrivals so far
+
+
+def test_decisions_do_not_depend_on_future_outcomes() -> None:
+    data = _synthetic()
+    config = OnlineConfig(alpha=0.8, window=50, cold=True, shuffle=False)
+    base = run_online(data, config)
+    # flip every outcome of the last 100 arrivals: the first four windows must route identically
+    flipped = tuple(
+        rec if i < 240 else replace(rec, outcomes={m: replace(o, score=1.0 - o.score) for m, o in rec.outcomes.items()})
+        for i, rec in enumerate(data.records))
+    other = run_online(replace(data, records=flipped), config)
+    for name in (UCB, GREEDY):
+        a, b = base.policies[name].windows[:4], other.policies[name].windows[:4]
+        assert [(w.quality, w.cost_usd, w.explored) for w in a] == [(w.quality, w.cost_usd, w.explored) for w in b]
+
+
+def test_default_alpha_is_between_cheapest_and_best() -> None:
+    assert default_alpha(np.array([0.6, 0.3, 0.7, 1.0]), np.array([1.0, 5.0, 20.0, 100.0])) == 0.8
+    report = run_online(_synthetic(), OnlineConfig(window=100, cold=True))
+    q = report.details["single_quality"]
+    assert q["a"] < report.alpha < q["d"] and report.alpha_rule.startswith("midpoint")
+
+
+def test_warm_start_learns_from_train_and_stream_all_needs_cold() -> None:
+    report = run_online(_synthetic(), OnlineConfig(alpha=0.8, window=100))
+    assert report.mode == "online" and report.n_history_initial == 40 and report.n_stream == 300
+    assert set(report.policies) == {UCB, GREEDY, ORACLE, "best-single", "static"}
+    assert report.policies[UCB].fits >= 2
+    cold_all = run_online(_synthetic(), OnlineConfig(alpha=0.8, window=100, cold=True, stream="all"))
+    assert cold_all.n_stream == 340 and "static" not in cold_all.policies
+    with pytest.raises(Exception, match="needs --cold"):
+        run_online(_synthetic(), OnlineConfig(stream="all"))
+
+
+def test_replay_online_command_writes_json_and_plot(tmp_path: Path) -> None:
+    app = typer.Typer()
+    register(app)
+    data = _synthetic(n_test=120)
+    path = tmp_path / "syn.jsonl"
+    write_dataset(path, data.records, data.prices)
+    out, png = tmp_path / "o.json", tmp_path / "o.png"
+    result = CliRunner().invoke(app, ["replay", str(path), "--cold", "--window", "40", "--refit-every", "1",
+                                      "--json", str(out), "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "switchyard-ucb" in result.output
+    r = json.loads(out.read_text())
+    assert r["mode"] == "cold" and r["predictor"] == "linear" and r["window"] == 40 and r["n_stream"] == 120
+    assert r["policies"]["oracle"]["score_regret"] == 0.0
+    assert set(r["policies"]["switchyard-ucb"]["windows"][0]) >= {"end", "quality", "cost_usd", "cum_score_regret",
+                                                                 "cum_cost_regret_usd", "explored"}
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    for bad_args in (["--online", "--sweep"], ["--online", "--stream", "all"]):
+        bad = CliRunner().invoke(app, ["replay", str(path), *bad_args])
+        assert bad.exit_code != 0
+
+
+def test_warm_start_on_the_mmlu_sample_routes_the_first_window_like_static() -> None:
+    sample = Path(__file__).resolve().parents[1] / "data" / "mmlu_sample.jsonl"
+    report = run_online(read_dataset(sample), OnlineConfig(window=138, refit_every=1))
+    assert report.n_history_initial > 500 and report.n_stream > 200
+    first = {name: report.policies[name].windows[0] for name in (UCB, GREEDY, "static")}
+    # no feedback yet: ln(1 + 0 labels) = 0, so the bonus is 0 and all three share one fitted predictor
+    assert first[UCB].explored > 0
+    assert first[UCB].quality == first[GREEDY].quality == first["static"].quality
+    assert first[UCB].cost_usd == first[GREEDY].cost_usd == first["static"].cost_usd
+    assert report.policies[UCB].fits == 1 + 1   # the start and one refit between the two windows
+
+
+def test_repeats_vary_the_seed_and_summarise(tmp_path: Path) -> None:
+    data = _synthetic(n_test=100)
+    reports = run_online_repeats(data, OnlineConfig(alpha=0.8, window=50, cold=True), 2)
+    assert [r.details["seed"] for r in reports] == [0, 1]
+    assert [r.exploration["seed"] for r in reports] == [0, 1]
+    summary = summarise_runs(reports)
+    assert summary[ORACLE]["score_regret"] == {"mean": 0.0, "sd": 0.0}
+    q = [r.policies[UCB].quality for r in reports]
+    assert summary[UCB]["quality"]["mean"] == pytest.approx(np.mean(q))
+    blob = repeats_json(reports)
+    assert blob["repeats"] == 2 and len(blob["runs"]) == 2 and blob["seeds"] == [0, 1]
+    json.dumps(blob)
+    plot_online(reports, tmp_path / "mean.png")
+    assert (tmp_path / "mean.png").read_bytes()[:4] == b"\x89PNG"

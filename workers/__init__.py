@@ -1,0 +1,1 @@
+"""Switchyard data plane: the Celery app, model backends and the batch task."""
