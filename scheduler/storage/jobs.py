@@ -120,7 +120,7 @@ class JobStore:
             if batch is None or batch.owner != owner:
                 raise NotFound(f"no batch {batch_id}")
             counts = dict(session.execute(
-                select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)).tuples().all())
+                select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)).all())
             cost = session.scalar(select(func.coalesce(func.sum(Job.cost_usd), 0.0))
                                   .where(Job.batch_id == batch_id))
         return BatchSummary(batch, {JobStatus(s).value: n for s, n in counts.items()}, float(cost or 0.0))

@@ -29,7 +29,7 @@ class LabelStore:
                  .where(Job.status == JobStatus.SUCCEEDED, Job.score.is_not(None), Job.assigned_model.is_not(None))
                  .order_by(Job.scored_at.desc()).limit(limit))
         with self.db.session() as session:
-            rows = session.execute(query).tuples().all()
+            rows = session.execute(query).all()
         return [LabelledOutcome(prompt if prompt is not None else "\n".join(m["content"] for m in messages or []),
                                 str(model), float(score), tokens)
                 for prompt, messages, model, score, tokens in rows]
@@ -38,7 +38,7 @@ class LabelStore:
         with self.db.session() as session:
             rows = session.execute(
                 select(Job.assigned_model, func.count()).where(Job.score.is_not(None))
-                .group_by(Job.assigned_model)).tuples().all()
+                .group_by(Job.assigned_model)).all()
         return {model: count for model, count in rows if model is not None}
 
     def count_since(self, since: dt.datetime | None) -> int:

@@ -97,7 +97,7 @@ class ClaimedWindow:
         spent = func.coalesce(func.sum(case(
             (Job.status.in_(ACTIVE_STATUSES), Job.predicted_cost_usd), else_=Job.cost_usd)), 0.0)
         return dict(self.session.execute(
-            select(Job.batch_id, spent).where(Job.batch_id.in_(batch_ids)).group_by(Job.batch_id)).tuples().all())
+            select(Job.batch_id, spent).where(Job.batch_id.in_(batch_ids)).group_by(Job.batch_id)).all())
 
     def model_states(self, fleet: Fleet, now: dt.datetime, heartbeat_ttl_s: float) -> list[ModelState]:
         """Live worker slots, backlog and measured speed per model.
@@ -109,7 +109,7 @@ class ClaimedWindow:
         beats = self.session.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.last_seen_at >= cutoff)).all()
         backlog = dict(self.session.execute(
             select(Job.assigned_model, func.count()).where(Job.status.in_(ACTIVE_STATUSES))
-            .group_by(Job.assigned_model)).tuples().all())
+            .group_by(Job.assigned_model)).all())
         states = []
         for spec in fleet.models:
             mine = [b for b in beats if b.model == spec.name]
