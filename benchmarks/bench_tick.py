@@ -125,7 +125,7 @@ def run(num_jobs: int, workdir: Path) -> dict[str, float]:
         upgrade_database(url)
         settings = Settings(database_url=url, broker_url=REDIS_URL, fleet_file=fleet_file(workdir, num_jobs),
                             window_max_jobs=num_jobs, plan_horizon_s=86_400, predictor_dir=workdir / f"p{num_jobs}",
-                            exploration_delta=0.0)
+                            exploration_target_labels=0)
         db = Database(url)
         seed(db, num_jobs, rng)
         fleet = load_fleet(settings.fleet_file)

@@ -9,6 +9,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+import numpy as np
+
 from scheduler.dispatch import CeleryDispatcher
 from scheduler.fleet import Fleet, load_fleet
 from scheduler.learning.fleet_predictor import FleetPredictor
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 def default_policy(fleet: Fleet, settings: Settings) -> OptimizingPolicy:
     """The fleet file's priors as predictions (before anything is learned); the optimizer still
     enforces capacity, floors, caps and deadlines."""
-    return OptimizingPolicy(fleet, FleetPredictor(fleet, None, None, {}, None), horizon_s=settings.plan_horizon_s)
+    return OptimizingPolicy(fleet, FleetPredictor(fleet, None, None), horizon_s=settings.plan_horizon_s)
 
 
 class Scheduler:
@@ -40,6 +42,7 @@ class Scheduler:
         self.dispatcher = dispatcher
         self.learner = learner
         self.window_store = WindowStore(db)
+        self._exploration_rng = np.random.default_rng()   # which jobs explore: fresh draws every tick
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Scheduler:
@@ -52,8 +55,10 @@ class Scheduler:
 
     def tick(self, *, dry_run: bool = False) -> TickReport:
         if self.learner is not None:
-            # The newest fitted predictor (with its exploration bonus) plans this window.
-            self.policy = OptimizingPolicy(self.fleet, self.learner.predictor(), horizon_s=self.settings.plan_horizon_s)
+            # The newest fitted predictor, and what the outcomes so far say, plan this window.
+            self.policy = OptimizingPolicy(
+                self.fleet, self.learner.predictor(), horizon_s=self.settings.plan_horizon_s,
+                exploration=self.learner.exploration(), feedback=self.learner.feedback(), rng=self._exploration_rng)
         report = run_tick(self.window_store, self.policy, self.fleet, self.dispatcher, self.settings, utcnow(),
                           dry_run=dry_run)
         if self.learner is not None and not dry_run:

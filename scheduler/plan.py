@@ -10,6 +10,10 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# Assignments made to explore a little-tried model start their reason with this: they are not a
+# promise of the optimizer, so the promise check leaves them out.
+EXPLORING_REASON_PREFIX = "exploring:"
+
 
 @dataclass(frozen=True)
 class WindowJob:

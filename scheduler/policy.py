@@ -17,8 +17,9 @@ import numpy as np
 
 from scheduler.estimates import WindowEstimates, estimate_window, free_capacity, seconds_until
 from scheduler.fleet import Fleet
+from scheduler.learning.exploration import NOT_PINNED, Exploration, restrict_to_pinned
 from scheduler.optimizer import AssignmentProblem, solve
-from scheduler.plan import Assignment, Deferral, ModelState, Plan, WindowJob
+from scheduler.plan import EXPLORING_REASON_PREFIX, Assignment, Deferral, ModelState, Plan, WindowJob
 
 # Leaving a job for a later tick costs far more than any single job's run, so jobs are deferred
 # only when capacity or constraints force it; the penalty grows with age so nothing starves, and
@@ -45,7 +46,7 @@ class Predictor(Protocol):
     @property
     def name(self) -> str: ...
 
-    def predict(self, prompts: Sequence[str]) -> Prediction: ...
+    def predict(self, prompts: Sequence[str], keys: Sequence[str] | None = None) -> Prediction: ...
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,24 @@ class Eligibility:
     late: np.ndarray              # (N,) bool: no model meets the deadline; fastest one allowed
 
 
+@dataclass(frozen=True)
+class Feedback:
+    """What finished jobs have taught so far, as the policy uses it."""
+    label_counts: tuple[int, ...] = ()   # labels per fleet model (order of fleet.names); () = none yet
+    promise_gap: float = 0.0             # recent mean(promised p - realised score), >= 0: added to alpha
+
+
 class OptimizingPolicy:
-    def __init__(self, fleet: Fleet, predictor: Predictor, *, method: str = "auto", horizon_s: float = 30.0) -> None:
+    def __init__(self, fleet: Fleet, predictor: Predictor, *, method: str = "auto", horizon_s: float = 30.0,
+                 exploration: Exploration | None = None, feedback: Feedback = Feedback(),
+                 rng: np.random.Generator | None = None) -> None:
         self.fleet = fleet
         self.predictor = predictor
         self.method = method
         self.horizon_s = horizon_s
+        self.exploration = exploration
+        self.feedback = feedback
+        self.rng = rng if rng is not None else np.random.default_rng()
 
     @property
     def name(self) -> str:
@@ -74,14 +87,21 @@ class OptimizingPolicy:
                         for j in past_deadline)
         if not live:
             return Plan(tick_id, now, self.name, (), expired)
-        prediction = self.predictor.predict([j.prompt_text for j in live])
+        prediction = self.predictor.predict([j.prompt_text for j in live], keys=[j.id for j in live])
         est = estimate_window(live, self.fleet, states, prediction.p_success, prediction.output_tokens)
         capacity = np.array([free_capacity(spec, state, self.horizon_s, float(np.median(est.latency_s[:, j])))
                              for j, (spec, state) in enumerate(zip(self.fleet.models, states, strict=True))])
         eligibility = _eligibility(live, self.fleet, capacity, est, now)
+        pinned = np.full(len(live), NOT_PINNED)
+        if self.exploration is not None:
+            counts = self.feedback.label_counts or (0,) * len(self.fleet.models)
+            pinned = self.exploration.pin(eligibility.mask, counts, self.rng, room=capacity)
         group, alpha = _quality_groups(live)
+        # The promise check: where recent outcomes fell short of the predicted p, ask for more.
+        alpha = np.minimum(alpha + self.feedback.promise_gap, 1.0)
         problem = AssignmentProblem(
-            cost_usd=est.cost_usd, p_success=est.p_success, capacity=capacity, eligible=eligibility.mask,
+            cost_usd=est.cost_usd, p_success=est.p_success, capacity=capacity,
+            eligible=restrict_to_pinned(eligibility.mask, pinned),
             group=group, alpha=alpha, deferral_penalty_usd=_deferral_penalty(live, est, now))
         method = self.method
         if method == "auto":
@@ -89,7 +109,7 @@ class OptimizingPolicy:
         solution = solve(problem, method=method, time_limit_s=EXACT_TIME_LIMIT_S if method == "exact" else 60.0)
         chosen = _within_batch_budgets(live, solution.model_index, est.cost_usd)
         assignments, deferrals = [], list(expired)
-        reasons = _Reasons(est, eligibility, self.fleet)
+        reasons = _Reasons(est, eligibility, self.fleet, pinned, self.feedback.promise_gap)
         names = self.fleet.names
         chosen_list, solved_list = chosen.tolist(), solution.model_index.tolist()
         late_list = eligibility.late.tolist()
@@ -111,6 +131,8 @@ class OptimizingPolicy:
                     notes=(f"solver {solution.solver} {solution.status.value} in {solution.solve_time_s * 1e3:.1f} ms",
                            "capacity " + ", ".join(f"{m.name}={int(c)}" for m, c in zip(self.fleet.models, capacity,
                                                                                        strict=True)),
+                           f"exploring {int((pinned != NOT_PINNED).sum())} jobs; promise margin "
+                           f"+{self.feedback.promise_gap:.3f}",
                            *solution.relaxations))
 
 
@@ -189,8 +211,11 @@ class _Reasons:
     """The text of each assignment's reason; the per-(job, model) numbers are read once as Python
     lists, since formatting 10k reasons from NumPy scalars costs more than the solve."""
 
-    def __init__(self, est: WindowEstimates, eligibility: Eligibility, fleet: Fleet) -> None:
+    def __init__(self, est: WindowEstimates, eligibility: Eligibility, fleet: Fleet, pinned: np.ndarray,
+                 promise_gap: float) -> None:
         self.names = fleet.names
+        self.pinned = pinned.tolist()
+        self.promise_gap = promise_gap
         self.p = est.p_success.tolist()
         self.cost = est.cost_usd.tolist()
         self.latency = est.latency_s.tolist()
@@ -212,6 +237,11 @@ class _Reasons:
         constraint = f"floor {job.min_quality:.2f}" if job.min_quality is not None else "no floor"
         if job.batch_alpha is not None:
             constraint += f", batch mean >= {job.batch_alpha:.2f}"
+            if self.promise_gap > 0:
+                constraint += f" (+{self.promise_gap:.2f} promise margin)"
+        if self.pinned[i] == j:
+            return (f"{EXPLORING_REASON_PREFIX} {names[j]} has too few outcome labels, so this job was chosen to try it "
+                    f"(budgeted share of the window): {text}")
         late = "; WILL MISS DEADLINE: fastest eligible model" if self.late[i] else ""
         return f"cheapest plan meeting {constraint} within capacity: {text}" + (
             f" — {'; '.join(alternatives)}" if alternatives else "") + late

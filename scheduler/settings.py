@@ -84,11 +84,15 @@ class Settings(BaseSettings):
         default=200, ge=1, description="Refit the predictor once this many new outcome labels have arrived."
     )
     refit_min_interval_s: float = Field(default=600.0, ge=0, description="At most one refit per this many seconds.")
-    exploration_delta: float = Field(
-        default=0.1, ge=0, le=1, description="UCB bonus scale for models tried too little (0 = no exploration)."
+    exploration_target_labels: int = Field(
+        default=30, ge=0, description="A model with fewer outcome labels than this gets exploring jobs (0 = never explore)."
     )
     exploration_budget_fraction: float = Field(
-        default=0.1, ge=0, le=1, description="Share of each window's jobs that may be scheduled optimistically."
+        default=0.1, ge=0, le=1, description="Most of each window's jobs that may be sent to explore a little-tried model."
+    )
+    promise_check_labels: int = Field(
+        default=0, ge=0, description="Hold alpha to realised outcomes: add the promised-vs-realised gap of this many "
+                                     "recent labels to alpha (0 = off: alpha bounds the mean predicted success)."
     )
 
     @model_validator(mode="after")

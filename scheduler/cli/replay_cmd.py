@@ -46,10 +46,13 @@ def replay(
                                              "only).")] = "test",
     refit_every: Annotated[int, typer.Option(min=0, help="Online: windows between refits; 0 = auto (about "
                                                          "8 refits over the stream, plus early ones on --cold).")] = 0,
-    explore_delta: Annotated[float, typer.Option(min=0.0, help="Online: UCB bonus size (production "
-                                                               "default).")] = 0.1,
-    explore_budget: Annotated[float, typer.Option(min=0.0, max=1.0, help="Online: share of each window's "
-                                                                         "jobs that may explore.")] = 0.1,
+    explore_target_labels: Annotated[int, typer.Option(min=0, help="Online: a model with fewer labels gets "
+                                                                   "exploring jobs; 0 = never explore (production "
+                                                                   "default).")] = 30,
+    explore_budget: Annotated[float, typer.Option(min=0.0, max=1.0, help="Online: most of each window's jobs "
+                                                                         "that may explore.")] = 0.1,
+    promise_check_labels: Annotated[int, typer.Option(min=0, help="Online: recent labels whose promised-vs-"
+                                                                  "realised gap is added to alpha; 0 = off (production default).")] = 0,
     repeats: Annotated[int, typer.Option(min=1, help="Online: runs with seeds seed, seed+1, ... (arrival order "
                                                      "and exploration draws); JSON and plot show the mean.")] = 1,
 ) -> None:
@@ -70,7 +73,7 @@ def replay(
                                      "is the midpoint of the cheapest and the best single model's quality)")
         _replay_online(dataset, models, alpha, window or 50, json_out, plot, predictor or "linear", solver,
                        use_task, assumed_output_tokens, time_limit_s, shuffle, seed, cold, stream, refit_every,
-                       explore_delta, explore_budget, repeats)
+                       explore_target_labels, explore_budget, promise_check_labels, repeats)
         return
     window = 256 if window is None else window
     predictor = predictor or "switchyard"
@@ -114,12 +117,13 @@ def replay(
 def _replay_online(dataset: Path, models: Path | None, alpha: float | None, window: int, json_out: Path | None,
                    plot: Path | None, predictor: str, solver: str, use_task: bool, assumed_output_tokens: int,
                    time_limit_s: float, shuffle: bool, seed: int, cold: bool, stream: str, refit_every: int,
-                   explore_delta: float, explore_budget: float, repeats: int) -> None:
+                   explore_target_labels: int, explore_budget: float, promise_check_labels: int,
+                   repeats: int) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from scheduler.datasets import read_dataset
-    from scheduler.learning.fleet_predictor import Exploration
+    from scheduler.learning.exploration import Exploration
     from scheduler.replay.online import OnlineConfig, repeats_json, run_online_repeats
     from scheduler.replay.policies import SolverChoice
 
@@ -132,7 +136,8 @@ def _replay_online(dataset: Path, models: Path | None, alpha: float | None, wind
     method, backend = _SOLVERS[solver]
     config = OnlineConfig(
         alpha=alpha, window=window, refit_every=refit_every, predictor=predictor, cold=cold, stream=stream,
-        exploration=Exploration(explore_delta, explore_budget, seed), solver=SolverChoice(method, backend, time_limit_s),
+        exploration=Exploration(explore_budget, explore_target_labels), promise_check_labels=promise_check_labels,
+        solver=SolverChoice(method, backend, time_limit_s),
         assumed_output_tokens=assumed_output_tokens, use_tasks=use_task, shuffle=shuffle, seed=seed,
     )
     err = Console(stderr=True)

@@ -1,15 +1,12 @@
-"""The predictor as the tick sees it: one column per fleet model, with an exploration bonus.
+"""The predictor as the tick sees it: one column per fleet model.
 
 A fitted predictor knows the models it was trained on; a fleet model it has never seen gets its
-fleet-file prior. With bandit feedback only the chosen model's outcome is ever observed, so a
-model that looks worse early would never be tried again. Following PerLLM's constraint-pruned
-UCB, a share of each window's jobs (the exploration budget) sees each model's p raised by
-delta * sqrt(ln(1 + total labels) / (1 + that model's labels)); hard constraints (allow-lists,
-deadlines, caps, live capacity) still prune those pairs, and the bonus fades as labels arrive.
+fleet-file prior. (Exploration, so that such a model gets tried, is the policy's business:
+scheduler/learning/exploration.py.)
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,34 +21,61 @@ class FleetPrediction:
     output_tokens: np.ndarray | None   # (N, M_fleet), nan where unknown; None when nothing predicts lengths
 
 
-@dataclass(frozen=True)
-class Exploration:
-    delta: float = 0.1                 # size of the confidence bonus
-    budget_fraction: float = 0.1       # share of a window's jobs that may explore
-    seed: int = 0
+class PredictionCache:
+    """Per-job predictions of one predictor version, kept across ticks. A job's prompt never
+    changes, so a job that waits through many ticks (capacity-bound backlogs) is featurised and
+    scored once per version instead of every tick."""
 
-    def bonus(self, label_counts: Sequence[int]) -> np.ndarray:
-        counts = np.asarray(label_counts, dtype=float)
-        return self.delta * np.sqrt(np.log1p(counts.sum()) / (1.0 + counts))
+    def __init__(self, max_jobs: int = 200_000) -> None:
+        self.max_jobs = max_jobs
+        self._version: str | None = None
+        self._p: dict[str, np.ndarray] = {}
+        self._tokens: dict[str, np.ndarray] = {}
+
+    def missing(self, version: str | None, keys: Sequence[str]) -> list[int]:
+        """Positions of ``keys`` not yet predicted by ``version`` (a new version starts afresh)."""
+        if version != self._version or len(self._p) > self.max_jobs:
+            self._version, self._p, self._tokens = version, {}, {}
+        return [i for i, key in enumerate(keys) if key not in self._p]
+
+    def put(self, keys: Sequence[str], prediction: FleetPrediction) -> None:
+        m = prediction.p_success.shape[1]
+        tokens = prediction.output_tokens if prediction.output_tokens is not None else np.full((len(keys), m), np.nan)
+        for i, key in enumerate(keys):
+            self._p[key], self._tokens[key] = prediction.p_success[i], tokens[i]
+
+    def get(self, keys: Sequence[str], num_models: int) -> FleetPrediction:
+        if not keys:
+            return FleetPrediction(np.zeros((0, num_models)), None)
+        tokens = np.stack([self._tokens[key] for key in keys])
+        return FleetPrediction(np.stack([self._p[key] for key in keys]), None if np.isnan(tokens).all() else tokens)
 
 
 class FleetPredictor:
     def __init__(self, fleet: Fleet, fitted: Predictor | None, version: str | None,
-                 label_counts: Mapping[str, int], exploration: Exploration | None) -> None:
+                 cache: PredictionCache | None = None) -> None:
         self.fleet = fleet
         self.fitted = fitted
         self.version = version
-        self.exploration = exploration
-        self._counts = [int(label_counts.get(name, 0)) for name in fleet.names]
+        self.cache = cache
         self._priors = np.array([spec.quality_prior for spec in fleet.models])
-        self._rng = np.random.default_rng(exploration.seed if exploration else 0)
 
     @property
     def name(self) -> str:
         base = f"{self.fitted.name}@{self.version}" if self.fitted is not None else "fleet-prior"
-        return base + ("+ucb" if self.exploration else "")
+        return base
 
-    def predict(self, prompts: Sequence[str]) -> FleetPrediction:
+    def predict(self, prompts: Sequence[str], keys: Sequence[str] | None = None) -> FleetPrediction:
+        """p and output tokens per (prompt, fleet model); ``keys`` (job ids) let the cache skip
+        jobs this version has already scored."""
+        if keys is None or self.cache is None:
+            return self._predict(prompts)
+        missing = self.cache.missing(self.version, keys)
+        if missing:
+            self.cache.put([keys[i] for i in missing], self._predict([prompts[i] for i in missing]))
+        return self.cache.get(keys, len(self.fleet.models))
+
+    def _predict(self, prompts: Sequence[str]) -> FleetPrediction:
         n, m = len(prompts), len(self.fleet.models)
         p = np.tile(self._priors, (n, 1))
         tokens: np.ndarray | None = None
@@ -64,7 +88,4 @@ class FleetPredictor:
                     if prediction.output_tokens is not None:
                         tokens = np.full((n, m), np.nan) if tokens is None else tokens
                         tokens[:, j] = prediction.output_tokens[:, known[name]]
-        if self.exploration is not None and n:
-            explorers = self._rng.random(n) < self.exploration.budget_fraction
-            p[explorers] += self.exploration.bonus(self._counts)[None, :]
         return FleetPrediction(np.clip(p, 0.0, 1.0), tokens)

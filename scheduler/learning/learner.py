@@ -11,9 +11,11 @@ import numpy as np
 
 from scheduler.datasets.records import OutcomeRecord
 from scheduler.fleet import Fleet
-from scheduler.learning.fleet_predictor import Exploration, FleetPredictor
+from scheduler.learning.exploration import Exploration, promise_gap
+from scheduler.learning.fleet_predictor import FleetPredictor, PredictionCache
 from scheduler.learning.training import TrainingSet, training_set
 from scheduler.learning.versions import PredictorVersions
+from scheduler.policy import Feedback
 from scheduler.predictor import Predictor, PredictorError, make_predictor
 from scheduler.settings import Settings
 from scheduler.storage import Database
@@ -40,6 +42,7 @@ class Learner:
         self._loaded: tuple[str, Predictor] | None = None
         self._last_fit_at: dt.datetime | None = None
         self._fitting: threading.Thread | None = None
+        self._cache = PredictionCache(max_jobs=4 * settings.window_max_jobs)
 
     def predictor(self) -> FleetPredictor:
         """The newest fitted version (reloaded only when a new one appears), adapted to the fleet."""
@@ -50,12 +53,21 @@ class Learner:
                 log.info("predictor version %s loaded", version)
             except PredictorError as exc:
                 log.warning("keeping the previous predictor: %s", exc)
-        exploration = None
-        if self.settings.exploration_delta > 0 and self.settings.exploration_budget_fraction > 0:
-            exploration = Exploration(self.settings.exploration_delta, self.settings.exploration_budget_fraction)
         fitted = self._loaded[1] if self._loaded else None
-        return FleetPredictor(self.fleet, fitted, self._loaded[0] if self._loaded else None,
-                              self.labels.counts_by_model(), exploration)
+        return FleetPredictor(self.fleet, fitted, self._loaded[0] if self._loaded else None, self._cache)
+
+    def exploration(self) -> Exploration | None:
+        if self.settings.exploration_target_labels <= 0 or self.settings.exploration_budget_fraction <= 0:
+            return None
+        return Exploration(self.settings.exploration_budget_fraction, self.settings.exploration_target_labels)
+
+    def feedback(self) -> Feedback:
+        """Labels per fleet model and the promise gap of the recent ones, read fresh each tick."""
+        counts = self.labels.counts_by_model()
+        gap = 0.0
+        if self.settings.promise_check_labels > 0:
+            gap = promise_gap(*self.labels.recent_promises(self.settings.promise_check_labels))
+        return Feedback(tuple(counts.get(name, 0) for name in self.fleet.names), gap)
 
     def refit(self, now: dt.datetime, records: Sequence[OutcomeRecord] = ()) -> str:
         """Fit on all labelled history (+ ``records``) and save a new version; returns it."""

@@ -4,8 +4,9 @@ Arrivals come in windows; each learning policy scores a window with its *current
 the real optimizer picks one model per job (mean p >= one fixed alpha), and only the chosen
 model's outcome is revealed and added to that policy's history (nan elsewhere). Refits follow
 windows (``refit_every``, plus early ones on a cold start), as the tick loads a version between
-ticks. Policies: ``switchyard-ucb`` (the production ``Exploration`` bonus on a budgeted share of
-each window), ``greedy`` (no bonus), ``static`` (fitted once on the train split), ``best-single``
+ticks. Policies: ``switchyard`` (the production learner: least-tried-first ``Exploration`` on a
+budgeted share of each window, and the promise check that adds the measured gap between
+promised and realised success to alpha), ``greedy`` (the same without exploration), ``static`` (fitted once on the train split), ``best-single``
 and ``oracle`` (the optimizer on realised outcomes). Score regret sums the successes lost against
 the oracle; cost regret the extra USD; both are reported, with regret *rates* over the first and
 last quarter of the stream to show convergence. ``--online`` starts from the train split,
@@ -31,13 +32,13 @@ from scheduler.datasets.costing import (
     realised_cost_usd,
 )
 from scheduler.datasets.records import OutcomeDataset, Split
-from scheduler.learning.fleet_predictor import Exploration
+from scheduler.learning.exploration import NOT_PINNED, Exploration, promise_gap, restrict_to_pinned
 from scheduler.predictor import Predictor, PredictorError, make_predictor
 from scheduler.replay import policies as pol
 from scheduler.replay.costs import decision_cost_usd
 from scheduler.replay.runner import Progress, ReplayError
 
-UCB, GREEDY, STATIC, BEST_SINGLE, ORACLE = "switchyard-ucb", "greedy", "static", "best-single", "oracle"
+EXPLORING, GREEDY, STATIC, BEST_SINGLE, ORACLE = "switchyard", "greedy", "static", "best-single", "oracle"
 TARGET_REFITS = 8           # auto refit_every: about this many scheduled refits over the stream
 
 
@@ -50,6 +51,7 @@ class OnlineConfig:
     cold: bool = False
     stream: str = "test"                # "test" | "all" (train + test complete rows; --cold only)
     exploration: Exploration = field(default_factory=Exploration)
+    promise_check_labels: int = 0       # recent labels whose promised-vs-realised gap is added to alpha (0 = off)
     prior_p: float = 0.5
     min_model_labels: int = 10          # a model is fitted once it has this many labels
     min_fit_labels: int = 20            # no fit before this many labels in all
@@ -69,8 +71,9 @@ class WindowRow:
     cum_score_regret: float
     cum_cost_regret_usd: float
     cum_cost_regret_share: float
-    explored: int = 0          # jobs that got the exploration bonus
-    mean_p_chosen: float | None = None   # mean predicted p (no bonus) of the chosen models
+    explored: int = 0          # jobs pinned to explore a little-tried model
+    mean_p_chosen: float | None = None   # mean predicted p of the chosen models
+    margin: float = 0.0        # promise margin added to alpha in this window
     refit: bool = False        # the predictor was refitted after this window
 
 
@@ -105,6 +108,7 @@ class OnlineReport:
     refit_every: int
     predictor: str
     exploration: dict[str, float]
+    promise_check_labels: int
     models: list[str]
     best_single: dict[str, Any]
     policies: dict[str, OnlinePolicy]
@@ -141,7 +145,10 @@ class OnlineLearner:
         self.stream = stream
         self.real_cost = real_cost
         self.exploration = exploration
-        self._rng = np.random.default_rng(exploration.seed if exploration else 0)
+        self._rng = np.random.default_rng(config.seed)
+        self.promised: list[float] = []   # p of the chosen model, per revealed stream job
+        self.realised: list[float] = []   # its score
+        self._pinned = np.zeros(0, dtype=bool)   # the last decided window's exploring jobs
         m = len(models)
         n0 = 0 if initial is None else len(initial.ids)
         cap = n0 + len(stream.ids)
@@ -193,26 +200,36 @@ class OnlineLearner:
                                                        pred.output_tokens)
         return p, tokens
 
-    def decide(self, sl: slice) -> tuple[np.ndarray, np.ndarray, int]:
-        """Chosen model per job of the window, the predicted p (no bonus) of each choice, jobs explored."""
+    def margin(self) -> float:
+        """The promise check, as the tick runs it: the recent gap between promised and realised."""
+        k = self.config.promise_check_labels
+        if k <= 0 or self.name == STATIC:
+            return 0.0
+        return promise_gap(self.promised[-k:], self.realised[-k:])
+
+    def decide(self, sl: slice) -> tuple[np.ndarray, np.ndarray, int, float]:
+        """Chosen model per job of the window, the predicted p of each choice, jobs explored, margin."""
         p, tokens = self.predict(sl)
         window = self.stream.subset(np.arange(sl.start, sl.stop))
         cost = decision_cost_usd(window, self._history(), self.prices, tokens, self.config.assumed_output_tokens)
-        seen_p = p
-        explored = 0
+        eligible = np.ones(p.shape, dtype=bool)
+        pinned = np.full(len(p), NOT_PINNED)
         if self.exploration is not None:
-            explorers = self._rng.random(len(p)) < self.exploration.budget_fraction
-            explored = int(explorers.sum())
-            p = p.copy()
-            p[explorers] += self.exploration.bonus(self.counts.tolist())[None, :]
-            p = np.clip(p, 0.0, 1.0)
+            pinned = self.exploration.pin(eligible, self.counts.tolist(), self._rng)
+            eligible = restrict_to_pinned(eligible, pinned)
+        self._pinned = pinned != NOT_PINNED
         assert self.config.alpha is not None
-        pick = pol.ilp_policy(p, cost, self.config.alpha, len(p), self.config.solver)
-        return pick, seen_p[np.arange(len(pick)), pick], explored
+        margin = self.margin()
+        pick = pol.ilp_policy(p, cost, min(1.0, self.config.alpha + margin), len(p), self.config.solver, eligible)
+        return pick, p[np.arange(len(pick)), pick], int(self._pinned.sum()), margin
 
     # -- feedback ----------------------------------------------------------------------------
-    def reveal(self, sl: slice, pick: np.ndarray) -> None:
+    def reveal(self, sl: slice, pick: np.ndarray, promised: np.ndarray) -> None:
         """Append the window's jobs with only the chosen model's outcome observed."""
+        # The promise is the optimizer's: exploring jobs were sent where p is least known, not promised.
+        chosen = ~self._pinned
+        self.promised.extend(promised[chosen].tolist())
+        self.realised.extend(self.stream.scores[np.arange(sl.start, sl.stop), pick][chosen].tolist())
         for k, i in enumerate(range(sl.start, sl.stop)):
             j = int(pick[k])
             r = self.n
@@ -308,7 +325,7 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
         raise ReplayError(f"{dataset.name}: too few train records ({len(initial.ids)}) for a warm start; use --cold")
 
     learners = [
-        OnlineLearner(UCB, cfg, models, dataset.prices, initial, stream, real_cost, config.exploration),
+        OnlineLearner(EXPLORING, cfg, models, dataset.prices, initial, stream, real_cost, config.exploration),
         OnlineLearner(GREEDY, cfg, models, dataset.prices, initial, stream, real_cost, None),
     ]
     static: OnlineLearner | None = None
@@ -317,7 +334,7 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
     total_steps = len(windows) + 1
     if progress is not None:
         progress("fitting the starting predictors", 0, total_steps)
-    picks: dict[str, np.ndarray] = {name: np.empty(n, dtype=np.int64) for name in (UCB, GREEDY, ORACLE, BEST_SINGLE)}
+    picks: dict[str, np.ndarray] = {name: np.empty(n, dtype=np.int64) for name in (EXPLORING, GREEDY, ORACLE, BEST_SINGLE)}
     picks[BEST_SINGLE][:] = js
     if static is not None:
         picks[STATIC] = np.empty(n, dtype=np.int64)
@@ -336,17 +353,17 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
         elapsed[ORACLE] += time.perf_counter() - start
         for learner in [*learners, *([static] if static else [])]:
             start = time.perf_counter()
-            pick, p_chosen, explored = learner.decide(sl)
+            pick, p_chosen, explored, margin = learner.decide(sl)
             picks[learner.name][sl] = pick
             refit = False
             if learner is not static:
-                learner.reveal(sl, pick)
+                learner.reveal(sl, pick, p_chosen)
                 due = (w + 1) % refit_every == 0
                 early = config.cold and learner.n >= 2 * max(learner.n_at_fit, config.min_fit_labels // 2)
                 if (due or early or learner.predictor is None or _new_model_ready(learner)) and w + 1 < len(windows):
                     refit = learner.refit()
             extra[learner.name].append({"explored": explored, "mean_p_chosen": float(p_chosen.mean()),
-                                        "refit": refit})
+                                        "margin": margin, "refit": refit})
             elapsed[learner.name] += time.perf_counter() - start
         if progress is not None:
             progress(f"window {w + 1}/{len(windows)}", w + 2, total_steps)
@@ -366,6 +383,7 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
                 cum_score_regret=float(rs[e]), cum_cost_regret_usd=float(rc[e]),
                 cum_cost_regret_share=float(rc[e] / cum_best[e]) if cum_best[e] > 0 else 0.0,
                 explored=int(info.get("explored", 0)), mean_p_chosen=info.get("mean_p_chosen"),
+                margin=float(info.get("margin", 0.0)),
                 refit=bool(info.get("refit", False))))
         owner = next((lr for lr in [*learners, *([static] if static else [])] if lr.name == name), None)
         policies[name] = OnlinePolicy(
@@ -385,8 +403,9 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
         dataset=dataset.name, mode="cold" if config.cold else "online", stream=config.stream, n_stream=n,
         n_history_initial=0 if initial is None else len(initial.ids), alpha=alpha, alpha_rule=alpha_rule,
         window=config.window, refit_every=refit_every, predictor=config.predictor,
-        exploration={"delta": config.exploration.delta, "budget_fraction": config.exploration.budget_fraction,
-                     "seed": config.exploration.seed},
+        exploration={"budget_fraction": config.exploration.budget_fraction,
+                     "target_labels": config.exploration.target_labels},
+        promise_check_labels=config.promise_check_labels,
         models=models,
         best_single={"model": models[jb], "quality": float(single_q[jb]), "cost_usd": float(single_c[jb]),
                      "fixed_arm": models[js], "fixed_arm_quality": float(single_q[js])},
@@ -431,7 +450,7 @@ def run_online_repeats(dataset: OutcomeDataset, config: OnlineConfig, repeats: i
     """``repeats`` runs with seeds seed, seed + 1, ...: each its own arrival order and exploration draws."""
     reports = []
     for r in range(repeats):
-        cfg = replace(config, seed=config.seed + r, exploration=replace(config.exploration, seed=config.exploration.seed + r))
+        cfg = replace(config, seed=config.seed + r)
 
         def say(message: str, done: int, total: int, r: int = r) -> None:
             if progress is not None:

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from scheduler.replay.online import BEST_SINGLE, GREEDY, ORACLE, STATIC, UCB, OnlineReport
+from scheduler.replay.online import BEST_SINGLE, GREEDY, ORACLE, STATIC, EXPLORING, OnlineReport
 
 _STYLE: dict[str, dict[str, Any]] = {
-    UCB: {"color": "tab:red", "lw": 2.0, "zorder": 5},
+    EXPLORING: {"color": "tab:red", "lw": 2.0, "zorder": 5},
     GREEDY: {"color": "tab:blue", "lw": 1.5, "zorder": 4},
     STATIC: {"color": "tab:green", "lw": 1.2, "ls": "--", "zorder": 3},
     BEST_SINGLE: {"color": "0.2", "lw": 1.0, "ls": ":", "zorder": 2},
@@ -33,7 +33,7 @@ def plot_online(reports: OnlineReport | Sequence[OnlineReport], path: str | Path
     (ax_s, ax_c), (ax_q, ax_k) = axes
     n_windows = len(report.policies[ORACLE].windows)
     span = max(1, round(n_windows / 20))
-    for name in (ORACLE, BEST_SINGLE, STATIC, GREEDY, UCB):
+    for name in (ORACLE, BEST_SINGLE, STATIC, GREEDY, EXPLORING):
         if name not in report.policies:
             continue
         pols = [r.policies[name] for r in runs]

@@ -4,8 +4,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
+from scheduler.plan import EXPLORING_REASON_PREFIX
 from scheduler.storage.database import Database
 from scheduler.storage.tables import Job
 from scheduler.storage.types import JobStatus
@@ -40,6 +41,20 @@ class LabelStore:
                 select(Job.assigned_model, func.count()).where(Job.score.is_not(None))
                 .group_by(Job.assigned_model)).all()
         return {model: count for model, count in rows if model is not None}
+
+    def recent_promises(self, limit: int) -> tuple[list[float], list[float]]:
+        """(promised p, realised score) of the newest ``limit`` labelled jobs the optimizer chose a
+        model for (exploring jobs made no promise)."""
+        query = (select(Job.predicted_quality, Job.score)
+                 .where(Job.score.is_not(None), Job.predicted_quality.is_not(None),
+                        or_(Job.assignment_reason.is_(None),
+                            Job.assignment_reason.not_like(f"{EXPLORING_REASON_PREFIX}%")))
+                 .order_by(Job.scored_at.desc()).limit(limit))
+        with self.db.session() as session:
+            rows = session.execute(query).all()
+        pairs = [(float(promised), float(score)) for promised, score in rows
+                 if promised is not None and score is not None]
+        return [promised for promised, _ in pairs], [score for _, score in pairs]
 
     def count_since(self, since: dt.datetime | None) -> int:
         query = select(func.count()).select_from(Job).where(Job.score.is_not(None))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
+
 from sqlalchemy import update
 
 from scheduler.fleet import Fleet
-from scheduler.jobspec import JobSpec
+from scheduler.jobspec import BatchSpec, JobSpec
 from scheduler.learning.learner import Learner
 from scheduler.loop import Scheduler, default_policy
 from scheduler.storage import Database, JobStatus, JobStore, utcnow
@@ -21,12 +23,13 @@ COUNTRIES = ["France", "Spain", "Italy", "Peru", "Chile", "Japan", "Kenya", "Egy
              "Brazil", "India", "Ghana", "Chad", "Fiji", "Laos", "Oman", "Togo", "Cuba", "Iran"]
 
 
-def labelled(db: Database, now: dt.datetime, prompt: str, model: str, score: float) -> None:
+def labelled(db: Database, now: dt.datetime, prompt: str, model: str, score: float,
+             promised: float | None = None) -> None:
     job, _ = JobStore(db).submit_job("t", JobSpec(prompt=prompt), now)
     with db.session() as session:
         session.execute(update(Job).where(Job.id == job.id).values(
             status=JobStatus.SUCCEEDED, assigned_model=model, score=score, score_source="feedback",
-            scored_at=now, output_tokens=8, result_text="x"))
+            scored_at=now, output_tokens=8, result_text="x", predicted_quality=promised))
 
 
 def seed_history(db: Database, now: dt.datetime) -> None:
@@ -40,7 +43,7 @@ def seed_history(db: Database, now: dt.datetime) -> None:
 
 def test_the_tick_routes_by_learned_outcomes(pg_db: Database, fleet: Fleet, tmp_path: Path) -> None:
     now = utcnow()
-    settings = make_settings(pg_db.url, predictor_dir=tmp_path / "predictors", exploration_delta=0.0,
+    settings = make_settings(pg_db.url, predictor_dir=tmp_path / "predictors", exploration_target_labels=0,
                              predictor_kind="eccos-r")
     seed_history(pg_db, now)
     learner = Learner(settings, pg_db, fleet)
@@ -75,16 +78,44 @@ def test_refit_waits_for_enough_new_labels(pg_db: Database, fleet: Fleet, tmp_pa
     assert learner.versions.latest() is not None
 
 
-def test_exploration_lifts_the_least_tried_model_for_a_share_of_jobs(pg_db: Database, fleet: Fleet,
-                                                                    tmp_path: Path) -> None:
+def test_exploration_sends_a_budgeted_share_to_the_least_tried_model(pg_db: Database, fleet: Fleet,
+                                                                      tmp_path: Path) -> None:
     now = utcnow()
     for i in range(30):
-        labelled(pg_db, now, f"q{i}", SMOL, 1.0)
-    settings = make_settings(pg_db.url, predictor_dir=tmp_path / "p", exploration_delta=0.3,
-                             exploration_budget_fraction=0.5)
-    prediction = Learner(settings, pg_db, fleet).predictor().predict([f"new {i}" for i in range(400)])
-    smol, gemma = fleet.models
-    lifted = prediction.p_success[:, 1] > gemma.quality_prior
-    assert 0.35 < lifted.mean() < 0.65                              # about the budgeted half
-    assert (prediction.p_success[lifted, 1] - gemma.quality_prior).min() > \
-        (prediction.p_success[lifted, 0] - smol.quality_prior).max()  # never-tried gemma gets the bigger bonus
+        labelled(pg_db, now, f"q{i}", SMOL, 1.0)       # SmolLM2 has its 30 labels; Gemma has none
+    settings = make_settings(pg_db.url, predictor_dir=tmp_path / "p", exploration_target_labels=30,
+                             exploration_budget_fraction=0.5, plan_horizon_s=3600)  # capacity is not the limit here
+    register_workers(pg_db, fleet.names, now)
+    store = JobStore(pg_db)
+    smol_only = set()
+    for i in range(40):
+        allowed = [SMOL] if i < 4 else None
+        job = store.submit_job("t", JobSpec(prompt=f"new question {i}", allowed_models=allowed), now)[0]
+        if allowed:
+            smol_only.add(job.id)
+    learner = Learner(settings, pg_db, fleet)
+    report = Scheduler(settings, pg_db, fleet, default_policy(fleet, settings), None, learner).tick()
+
+    explored = [a for a in report.plan.assignments if a.reason.startswith("exploring")]
+    assert 8 <= len(explored) <= 32                    # about half the window (binomial draw)
+    assert {a.model for a in explored} == {GEMMA}      # the model without labels
+    assert not {a.job_id for a in explored} & smol_only  # a job that may not use Gemma never explores it
+    assert f"exploring {len(explored)} jobs" in " ".join(report.plan.notes)
+
+
+def test_the_promise_check_adds_the_measured_gap_to_alpha(pg_db: Database, fleet: Fleet, tmp_path: Path) -> None:
+    now = utcnow()
+    for i in range(40):   # promised 0.87, delivered 0.5 on average: a gap of 0.37
+        labelled(pg_db, now, f"q{i}", SMOL, float(i % 2), promised=0.87)
+    assert Learner(make_settings(pg_db.url, predictor_dir=tmp_path / "p"), pg_db, fleet).feedback().promise_gap == 0.0
+    settings = make_settings(pg_db.url, predictor_dir=tmp_path / "p", exploration_target_labels=0,
+                             promise_check_labels=500)   # off by default; on, alpha is held to outcomes
+    learner = Learner(settings, pg_db, fleet)
+    assert learner.feedback().promise_gap == pytest.approx(0.37)
+    register_workers(pg_db, fleet.names, now)
+    # alpha 0: SmolLM2 (prior 0.35, the cheaper model) would do; alpha 0 + 0.37 needs Gemma (prior 0.40)
+    JobStore(pg_db).submit_batch("t", BatchSpec(name="b", alpha=0.0, jobs=[JobSpec(prompt="hi")]), now)
+    report = Scheduler(settings, pg_db, fleet, default_policy(fleet, settings), None, learner).tick()
+    assert "promise margin +0.370" in " ".join(report.plan.notes)
+    [assignment] = report.plan.assignments
+    assert assignment.model == GEMMA and "(+0.37 promise margin)" in assignment.reason
