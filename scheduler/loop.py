@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -65,11 +66,27 @@ class Scheduler:
             self.learner.refit_in_background_if_due(utcnow())
         return report
 
+    def prescore(self) -> int:
+        """Score pending jobs the current predictor has not seen yet, between ticks, so the next
+        tick finds them in its cache: featurising prompt text is the dearest part of a tick's
+        predict, and jobs arriving over an interval can be scored while the scheduler waits.
+        Returns how many were scored."""
+        if self.learner is None:
+            return 0
+        predictor = self.learner.predictor()
+        unscored = predictor.unscored(self.window_store.pending_job_ids(self.settings.window_max_jobs))
+        if unscored:
+            texts = self.window_store.prompt_texts(unscored)
+            present = [job_id for job_id in unscored if job_id in texts]   # a job may have left pending
+            predictor.predict([texts[job_id] for job_id in present], keys=present)
+        return len(unscored)
+
     def run_forever(self, stop: threading.Event, on_tick: Callable[[TickReport], None] | None = None) -> None:
         leader = LeaderLock(self.db)
         synced = False
         try:
             while not stop.is_set():
+                next_tick_at = time.monotonic() + self.settings.tick_interval_s
                 try:
                     if not synced:
                         FleetStore(self.db).sync(self.fleet, utcnow())
@@ -82,9 +99,10 @@ class Scheduler:
                             on_tick(report)
                         if report.plan.assignments or report.plan.deferrals or report.recovery.requeued:
                             log.info(report.summary())
+                        self.prescore()
                 except Exception:  # noqa: BLE001 - the loop outlives any one tick
                     log.exception("tick failed; retrying next interval")
                     leader.release()
-                stop.wait(self.settings.tick_interval_s)
+                stop.wait(max(0.0, next_tick_at - time.monotonic()))
         finally:
             leader.release()

@@ -65,6 +65,13 @@ class FleetPredictor:
         base = f"{self.fitted.name}@{self.version}" if self.fitted is not None else "fleet-prior"
         return base
 
+    def unscored(self, keys: Sequence[str]) -> list[str]:
+        """The keys this version has not scored yet (none without a cache or a fitted predictor:
+        fleet priors cost nothing to compute)."""
+        if self.cache is None or self.fitted is None:
+            return []
+        return [keys[i] for i in self.cache.missing(self.version, keys)]
+
     def predict(self, prompts: Sequence[str], keys: Sequence[str] | None = None) -> FleetPrediction:
         """p and output tokens per (prompt, fleet model); ``keys`` (job ids) let the cache skip
         jobs this version has already scored."""

@@ -63,6 +63,18 @@ class WindowStore:
             ))
         return LeaseRecovery(requeued=requeued, failed=failed)
 
+    def pending_job_ids(self, limit: int) -> list[str]:
+        """The ids of the next ``limit`` pending jobs, in claim order (no lock: a read-ahead)."""
+        with self.db.session() as session:
+            return list(session.scalars(select(Job.id).where(Job.status == JobStatus.PENDING)
+                                        .order_by(Job.created_at, Job.id).limit(limit)))
+
+    def prompt_texts(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """The text the predictor scores, per job id."""
+        with self.db.session() as session:
+            rows = session.execute(select(Job.id, Job.prompt, Job.messages).where(Job.id.in_(job_ids))).all()
+        return {row.id: _prompt_text(row.prompt, row.messages) for row in rows}
+
     @contextmanager
     def window(self, *, dry_run: bool = False) -> Iterator[ClaimedWindow]:
         """A transaction in which the tick claims, plans and commits; a dry run rolls back."""
@@ -193,10 +205,13 @@ CLAIMED_COLUMNS = (Job.id, Job.batch_id, Job.prompt, Job.messages, Job.max_token
                    Job.allowed_models, Job.max_cost_usd, Job.created_at, Job.attempts, Job.on_deadline_miss)
 
 
+def _prompt_text(prompt: str | None, messages: list[dict[str, Any]] | None) -> str:
+    return prompt if prompt is not None else "\n".join(m["content"] for m in messages or [])
+
+
 def _window_job(row: Row[Any], budget_left_usd: float | None) -> WindowJob:
-    text = row.prompt if row.prompt is not None else "\n".join(m["content"] for m in row.messages or [])
     return WindowJob(
-        id=row.id, batch_id=row.batch_id, prompt_text=text, max_tokens=row.max_tokens,
+        id=row.id, batch_id=row.batch_id, prompt_text=_prompt_text(row.prompt, row.messages), max_tokens=row.max_tokens,
         min_quality=row.min_quality, deadline_at=row.deadline_at,
         allowed_models=tuple(row.allowed_models) if row.allowed_models else None,
         max_cost_usd=row.max_cost_usd, batch_alpha=row.alpha, created_at=row.created_at,

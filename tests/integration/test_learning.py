@@ -119,3 +119,21 @@ def test_the_promise_check_adds_the_measured_gap_to_alpha(pg_db: Database, fleet
     assert "promise margin +0.370" in " ".join(report.plan.notes)
     [assignment] = report.plan.assignments
     assert assignment.model == GEMMA and "(+0.37 promise margin)" in assignment.reason
+
+
+def test_pending_jobs_are_scored_between_ticks_once(pg_db: Database, fleet: Fleet, tmp_path: Path) -> None:
+    now = utcnow()
+    settings = make_settings(pg_db.url, predictor_dir=tmp_path / "p", predictor_kind="eccos-r",
+                             exploration_target_labels=0)
+    seed_history(pg_db, now)
+    learner = Learner(settings, pg_db, fleet)
+    scheduler = Scheduler(settings, pg_db, fleet, default_policy(fleet, settings), None, learner)
+    store = JobStore(pg_db)
+    store.submit_job("t", JobSpec(prompt="What is the capital of Mali?"), now)
+    assert scheduler.prescore() == 0                    # nothing fitted yet: priors need no scoring
+    learner.refit(now)
+    store.submit_job("t", JobSpec(messages=[{"role": "user", "content": "What is 40 plus 2?"}]), now)
+    assert scheduler.prescore() == 2                    # both pending jobs, by the new version
+    assert scheduler.prescore() == 0                    # already in the cache
+    register_workers(pg_db, fleet.names, now)
+    assert len(scheduler.tick().plan.assignments) == 2
