@@ -144,6 +144,7 @@ def run(num_jobs: int, workdir: Path) -> tuple[dict[str, float], dict[str, float
         with db.session() as session:
             session.execute(update(Job).where(Job.status == JobStatus.QUEUED).values(status=JobStatus.SUCCEEDED))
         seed(db, num_jobs, rng)
+        workers_report_in(db)   # a large burst outlasts the heartbeat TTL
         redis.Redis.from_url(REDIS_URL).flushdb()
         start = time.perf_counter()
         scheduler.prescore()
