@@ -3,7 +3,8 @@
     python benchmarks/bench_predictor.py                 # synthetic prompts (self-contained)
     python benchmarks/bench_predictor.py --data out/data/routellm_mmlu.jsonl   # real prompts
 
-Featurisation (TF-IDF + LSA of the prompt text) is done once per job, at submission; what a
+Featurisation (TF-IDF + LSA of the prompt text, plus the word and character n-gram TF-IDF the
+sparse logistic models score) is done once per job, at submission; what a
 scheduling tick repeats is scoring already-featurised jobs, so the two are timed apart. The
 target is scoring 10k jobs x 8 models well under a second.
 """
@@ -46,7 +47,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=5000)
     ap.add_argument("--jobs", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--models", type=int, default=8)
-    ap.add_argument("--predictors", nargs="+", default=["eccos-r", "knn-beta", "linear", "switchyard"])
+    ap.add_argument("--predictors", nargs="+", default=["eccos-r", "knn-beta", "linear", "logistic", "switchyard-lsa", "switchyard"])
     args = ap.parse_args()
 
     n_all = args.train + max(args.jobs)

@@ -3,17 +3,22 @@
 - ``knn-beta``: distance-weighted neighbours with a Beta prior (:class:`BetaRetrievalScorer`).
 - ``linear``: per-model ridge linear probability model on LSA + prompt statistics + the task
   prior (:class:`LinearScorer`), the "trained" predictor.
-- ``switchyard`` (the default): both, blended per model with the weight that minimises the
-  out-of-fold Brier score, then calibrated. Retrieval wins where near-duplicates of past queries
-  exist, the linear model where only broad topic and shape carry signal; cross-validation on the
-  training data decides, so nothing is tuned per dataset by hand.
+- ``logistic``: per-model L2 logistic regression on the full word 1-2 gram TF-IDF
+  (:class:`SparseLogisticScorer`), the task prior's logit as offset.
+- ``switchyard`` (the default): retrieval, ridge, the sparse logistic models and a logistic
+  "difficulty" direction shared by all models (:class:`SharedDifficultyScorer`), blended per
+  model with the simplex weights that minimise the out-of-fold Brier score, then calibrated.
+  Retrieval wins where near-duplicates of past queries exist, the LSA ridge where only broad
+  topic and shape carry signal, the n-gram models where single words or symbols do;
+  cross-validation on the training data decides, so nothing is tuned per dataset by hand.
+- ``switchyard-lsa``: the previous default (retrieval + ridge on LSA only), for comparison.
 
 Every hyperparameter is picked by cross-validation inside ``fit``; ``params()`` reports the picks.
 """
 from __future__ import annotations
 
 import abc
-
+import itertools
 from typing import Any
 
 import numpy as np
@@ -24,9 +29,10 @@ from scheduler.predictor.features import Features, make_featurizer
 from scheduler.predictor.length import OutputLengthModel
 from scheduler.predictor.linear import LinearScorer
 from scheduler.predictor.retrieval import BetaRetrievalScorer
+from scheduler.predictor.sparse import SharedDifficultyScorer, SparseLogisticScorer
 from scheduler.predictor.task_prior import TaskPrior
 
-BLEND_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+BLEND_STEP = 0.1
 
 
 class CalibratedPredictor(Predictor):
@@ -35,12 +41,15 @@ class CalibratedPredictor(Predictor):
     #: the text featuriser (``features.make_featurizer``); subclasses registered as ``*-minilm`` use
     #: sentence embeddings, which need the optional ``embeddings`` extra
     default_featurizer = "tfidf"
+    #: whether the featuriser also keeps the full n-gram TF-IDF for :class:`SparseLogisticScorer`
+    uses_sparse_text = False
 
     def __init__(self, dim: int = 128, calibration: CalibrationMethod = "platt", seed: int = 0,
                  featurizer: str | None = None) -> None:
         super().__init__()
         self.featurizer_kind = featurizer or self.default_featurizer
-        self.featurizer = make_featurizer(self.featurizer_kind, dim=dim, seed=seed)
+        self.featurizer = make_featurizer(self.featurizer_kind, dim=dim, seed=seed,
+                                          sparse_text=self.uses_sparse_text)
         self.calibrator = Calibrator(calibration)
         self.task_prior = TaskPrior()
         self.seed = seed
@@ -117,41 +126,136 @@ class LinearPredictor(CalibratedPredictor):
         return {"ridge_alpha": dict(zip(self.model_names, self.linear.chosen_alpha_))}
 
 
+@register("logistic")
+class SparseLogisticPredictor(CalibratedPredictor):
+    uses_sparse_text = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.logistic = SparseLogisticScorer(seed=self.seed)
+
+    def _raw_fit(self, feats: Features, prior: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        assert feats.text is not None
+        self.logistic.fit(feats.text, feats.stats, prior, scores)
+        assert self.logistic.oof_ is not None
+        return self.logistic.oof_
+
+    def _raw_predict(self, feats: Features, prior: np.ndarray) -> np.ndarray:
+        assert feats.text is not None
+        return self.logistic.predict(feats.text, feats.stats, prior)
+
+    def params(self) -> dict[str, Any]:
+        return {"logistic_lambda": dict(zip(self.model_names, self.logistic.chosen_lambda_))}
+
+
+def simplex_grid(components: int, step: float = BLEND_STEP) -> np.ndarray:
+    """All weight vectors on the simplex with entries in multiples of ``step`` (rows sum to 1)."""
+    units = int(round(1.0 / step))
+    rows = [c for c in itertools.product(range(units + 1), repeat=components) if sum(c) == units]
+    return np.array(rows, dtype=float) / units
+
+
+def blend_weights(oof: np.ndarray, scores: np.ndarray, step: float = BLEND_STEP) -> np.ndarray:
+    """(M, C) per model: the simplex weights of the C components with the least out-of-fold Brier.
+
+    ``oof`` is (C, N, M); ties go to the first grid point (the first component's side)."""
+    grid = simplex_grid(oof.shape[0], step)
+    weights = np.zeros((scores.shape[1], oof.shape[0]))
+    for j in range(scores.shape[1]):
+        seen = ~np.isnan(scores[:, j])
+        blended = grid @ oof[:, seen, j]                       # (G, n_seen)
+        losses = np.mean((blended - scores[seen, j][None, :]) ** 2, axis=1)
+        weights[j] = grid[int(np.argmin(losses))]
+    return weights
+
+
 @register("switchyard")
 class SwitchyardPredictor(CalibratedPredictor):
+    """Several raw scorers blended per model with out-of-fold-Brier-optimal simplex weights.
+
+    Components: ``retrieval`` (:class:`BetaRetrievalScorer` on the embedding), ``ridge``
+    (:class:`LinearScorer` on embedding + statistics + prior) and, when the features carry the
+    sparse n-gram TF-IDF, ``logistic`` (:class:`SparseLogisticScorer`, one per model) and
+    ``shared`` (:class:`SharedDifficultyScorer`, one direction for all models).
+    """
+
+    uses_sparse_text = True
+    components: tuple[str, ...] = ("retrieval", "ridge", "logistic", "shared")
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.retrieval = BetaRetrievalScorer()
         self.linear = LinearScorer(seed=self.seed)
-        self.weights_ = np.zeros(0)   # per model: share of the retrieval score in the blend
+        self.logistic: SparseLogisticScorer | None = None
+        self.shared: SharedDifficultyScorer | None = None
+        self.used_: tuple[str, ...] = ()
+        self.weights_ = np.zeros((0, 0))   # (M, len(used_))
 
     def _raw_fit(self, feats: Features, prior: np.ndarray, scores: np.ndarray) -> np.ndarray:
         self.retrieval.fit(feats.embedding, scores, prior)
-        self.linear.fit(_linear_x(feats, prior), scores)
-        knn, lin = self.retrieval.oof_, self.linear.oof_
-        assert knn is not None and lin is not None
-        lin = np.where(np.isnan(lin), knn, lin)
-        weights = []
-        for j in range(scores.shape[1]):
-            seen = ~np.isnan(scores[:, j])
-            losses = [np.mean((w * knn[seen, j] + (1 - w) * lin[seen, j] - scores[seen, j]) ** 2)
-                      for w in BLEND_GRID]
-            weights.append(BLEND_GRID[int(np.argmin(losses))])
-        self.weights_ = np.array(weights)
-        return self.weights_[None, :] * knn + (1 - self.weights_[None, :]) * lin
+        knn = self.retrieval.oof_
+        assert knn is not None
+        parts: dict[str, np.ndarray] = {"retrieval": knn}
+        if "ridge" in self.components:
+            self.linear.fit(_linear_x(feats, prior), scores)
+            assert self.linear.oof_ is not None
+            parts["ridge"] = self.linear.oof_
+        has_text = feats.text is not None and feats.text.shape[1] > 0
+        self.logistic = self.shared = None
+        if has_text and "logistic" in self.components:
+            assert feats.text is not None
+            self.logistic = SparseLogisticScorer(seed=self.seed).fit(feats.text, feats.stats, prior, scores)
+            assert self.logistic.oof_ is not None
+            parts["logistic"] = self.logistic.oof_
+        if has_text and "shared" in self.components and scores.shape[1] > 1:
+            assert feats.text is not None
+            self.shared = SharedDifficultyScorer(seed=self.seed).fit(feats.text, feats.stats, prior, scores)
+            assert self.shared.oof_ is not None
+            parts["shared"] = self.shared.oof_
+        self.used_ = tuple(parts)
+        oof = np.stack([np.where(np.isnan(v), knn, v) for v in parts.values()])
+        self.weights_ = blend_weights(oof, scores)
+        return np.einsum("cnm,mc->nm", oof, self.weights_)
 
     def _raw_predict(self, feats: Features, prior: np.ndarray) -> np.ndarray:
-        w = self.weights_[None, :]
-        return w * self.retrieval.predict(feats.embedding, prior) + (1 - w) * self.linear.predict(
-            _linear_x(feats, prior))
+        out = np.zeros((feats.embedding.shape[0], self.weights_.shape[0]))
+        for c, name in enumerate(self.used_):
+            w = self.weights_[:, c]
+            if not w.any():
+                continue
+            if name == "retrieval":
+                raw = self.retrieval.predict(feats.embedding, prior)
+            elif name == "ridge":
+                raw = self.linear.predict(_linear_x(feats, prior))
+            else:
+                scorer = self.logistic if name == "logistic" else self.shared
+                assert scorer is not None and feats.text is not None
+                raw = scorer.predict(feats.text, feats.stats, prior)
+            out += w[None, :] * raw
+        return out
 
     def params(self) -> dict[str, Any]:
         r = self.retrieval
-        return {
-            "k": r.k, "temperature": r.temperature, "prior_strength": r.strength,
-            "ridge_alpha": dict(zip(self.model_names, self.linear.chosen_alpha_)),
-            "retrieval_weight": dict(zip(self.model_names, self.weights_.tolist())),
+        out: dict[str, Any] = {"k": r.k, "temperature": r.temperature, "prior_strength": r.strength}
+        if "ridge" in self.used_:
+            out["ridge_alpha"] = dict(zip(self.model_names, self.linear.chosen_alpha_))
+        if self.logistic is not None:
+            out["logistic_lambda"] = dict(zip(self.model_names, self.logistic.chosen_lambda_))
+        if self.shared is not None:
+            out["shared_lambda"] = self.shared.chosen_lambda_
+        out["blend_weights"] = {
+            name: dict(zip(self.used_, [round(float(w), 2) for w in self.weights_[j]]))
+            for j, name in enumerate(self.model_names)
         }
+        return out
+
+
+@register("switchyard-lsa")
+class SwitchyardLSAPredictor(SwitchyardPredictor):
+    """The previous default: retrieval + ridge on LSA only (no sparse n-gram models)."""
+
+    uses_sparse_text = False
+    components = ("retrieval", "ridge")
 
 
 # The same predictors on sentence embeddings (all-MiniLM-L6-v2, int8 ONNX; the ``embeddings``

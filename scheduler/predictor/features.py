@@ -13,8 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
+
+from scheduler.predictor.sparse import SparseText
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
@@ -23,6 +26,7 @@ _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 class Features:
     embedding: np.ndarray  # (N, D) float32, unit rows (cosine = dot product)
     stats: np.ndarray      # (N, S) float32, standardised with the training mean/std
+    text: sp.csr_matrix | None = None   # (N, V) sparse word 1-2 gram TF-IDF, when asked for
 
     def dense(self) -> np.ndarray:
         """Embedding and statistics side by side, for linear models."""
@@ -51,8 +55,10 @@ class TextFeaturizer:
     """Fit on training prompts, then map any prompts to :class:`Features`."""
 
     def __init__(self, dim: int = 128, max_features: int = 50_000, stats_weight: float = 0.5,
-                 max_chars: int = 2_000, seed: int = 0) -> None:
+                 max_chars: int = 2_000, seed: int = 0, sparse_text: bool = False) -> None:
         self.dim = dim
+        self.sparse_text = sparse_text     # also keep the full n-gram TF-IDF (Features.text)
+        self._sparse: SparseText | None = None
         self.max_features = max_features
         self.stats_weight = stats_weight   # stats are standardised, then scaled to sit beside unit rows
         self.max_chars = max_chars         # keep the tail: few-shot prefixes come first, the query last
@@ -84,6 +90,7 @@ class TextFeaturizer:
         raw = prompt_stats(texts)
         self._stats_mean = raw.mean(axis=0)
         self._stats_std = np.where(raw.std(axis=0) > 1e-6, raw.std(axis=0), 1.0).astype(np.float32)
+        self._sparse = SparseText(max_chars=self.max_chars).fit(texts) if self.sparse_text else None
         return self
 
     def transform(self, prompts: Sequence[str]) -> Features:
@@ -96,7 +103,9 @@ class TextFeaturizer:
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         emb /= np.where(norms > 0, norms, 1.0)
         stats = (prompt_stats(texts) - self._stats_mean) / self._stats_std * self.stats_weight
-        return Features(embedding=emb, stats=stats.astype(np.float32))
+        sparse = getattr(self, "_sparse", None)   # predictors pickled before it existed lack it
+        text = sparse.transform(texts) if sparse is not None else None
+        return Features(embedding=emb, stats=stats.astype(np.float32), text=text)
 
     def fit_transform(self, prompts: Sequence[str]) -> Features:
         return self.fit(prompts).transform(prompts)
@@ -105,12 +114,13 @@ class TextFeaturizer:
 FEATURIZERS = ("tfidf", "minilm", "minilm+lsa")
 
 
-def make_featurizer(kind: str = "tfidf", dim: int = 128, seed: int = 0) -> TextFeaturizer:
+def make_featurizer(kind: str = "tfidf", dim: int = 128, seed: int = 0, sparse_text: bool = False) -> TextFeaturizer:
     """The featuriser named ``kind``: ``tfidf`` (TF-IDF/LSA, the default, no extra needed),
     ``minilm`` (sentence embeddings) or ``minilm+lsa`` (both, concatenated); the last two need the
-    ``embeddings`` extra and import it only here, when asked for."""
+    ``embeddings`` extra and import it only here, when asked for. ``sparse_text`` also keeps the
+    full word 1-2 gram TF-IDF (:attr:`Features.text`) for the sparse logistic scorer."""
     if kind == "tfidf":
-        return TextFeaturizer(dim=dim, seed=seed)
+        return TextFeaturizer(dim=dim, seed=seed, sparse_text=sparse_text)
     if kind in ("minilm", "minilm+lsa"):
         from scheduler.predictor.embeddings import EmbeddingFeaturizer, HybridFeaturizer
 

@@ -136,3 +136,48 @@ def test_neighbour_search_is_exact(nb: int, k: int, exclude_self: bool) -> None:
     np.testing.assert_allclose(np.take_along_axis(full, idx, axis=1), sim, rtol=1e-6)
     if exclude_self:
         assert not (idx == np.arange(nq)[:, None]).any()
+
+
+def test_logistic_predictor_learns_who_is_good_at_what() -> None:
+    prompts, tasks, scores, tokens = corpus(300)
+    pred = make_predictor("logistic").fit(prompts[:240], scores[:240], tokens[:240], MODELS, tasks=tasks[:240])
+    out = pred.predict(prompts[240:], tasks=tasks[240:])
+    is_math = np.array(tasks[240:]) == "math"
+    assert out.p_success[is_math, 0].mean() > out.p_success[~is_math, 0].mean() + 0.3
+
+
+def within_task_corpus(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """One task; a query asking for a 'proof' trips the cheap model, which otherwise succeeds.
+
+    The marker is one word among many, so a 128-dimensional topic embedding blurs it, while a
+    per-word model sees it directly."""
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(400)]
+    hard = rng.random(n) < 0.5
+    prompts = [" ".join(rng.choice(vocab, size=30)) + (" proof" if h else " sum") for h in hard]
+    p = np.column_stack([np.where(hard, 0.1, 0.9), np.full(n, 0.9)])
+    return prompts, (rng.random(p.shape) < p).astype(float)
+
+
+def test_sparse_ngram_models_see_within_task_words() -> None:
+    prompts, scores = within_task_corpus(400)
+    test_prompts, test_scores = within_task_corpus(200, seed=1)
+    pred = make_predictor("switchyard").fit(prompts, scores, None, ["cheap", "big"])
+    p = pred.predict(test_prompts).p_success[:, 0]
+    hard = np.array([t.endswith("proof") for t in test_prompts])
+    assert p[~hard].mean() > p[hard].mean() + 0.5
+    weights = pred.params()["blend_weights"]["cheap"]
+    assert weights["logistic"] + weights["shared"] > 0.5
+    assert abs(sum(weights.values()) - 1.0) < 1e-9
+
+
+def test_blend_weights_pick_the_better_component() -> None:
+    from scheduler.predictor.calibrated import blend_weights, simplex_grid
+
+    grid = simplex_grid(3)
+    assert np.allclose(grid.sum(axis=1), 1.0) and len(grid) == 66
+    rng = np.random.default_rng(0)
+    y = (rng.random((500, 2)) < 0.5).astype(float)
+    good, noise = 0.8 * y + 0.1, rng.random((500, 2))
+    w = blend_weights(np.stack([noise, good, noise]), y)
+    assert np.allclose(w[:, 1], 1.0)
