@@ -81,6 +81,14 @@ class Scheduler:
             predictor.predict([texts[job_id] for job_id in present], keys=present)
         return len(unscored)
 
+    def _prescore_quietly(self) -> None:
+        """Pre-scoring only saves the next tick time: a failure is logged, never fatal to the
+        leadership this process holds (the next tick scores the jobs itself)."""
+        try:
+            self.prescore()
+        except Exception:  # noqa: BLE001
+            log.exception("scoring pending jobs ahead of the tick failed; the tick will score them")
+
     def run_forever(self, stop: threading.Event, on_tick: Callable[[TickReport], None] | None = None) -> None:
         leader = LeaderLock(self.db)
         synced = False
@@ -99,7 +107,7 @@ class Scheduler:
                             on_tick(report)
                         if report.plan.assignments or report.plan.deferrals or report.recovery.requeued:
                             log.info(report.summary())
-                        self.prescore()
+                        self._prescore_quietly()
                 except Exception:  # noqa: BLE001 - the loop outlives any one tick
                     log.exception("tick failed; retrying next interval")
                     leader.release()
