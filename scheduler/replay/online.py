@@ -5,8 +5,9 @@ the real optimizer picks one model per job (mean p >= one fixed alpha), and only
 model's outcome is revealed and added to that policy's history (nan elsewhere). Refits follow
 windows (``refit_every``, plus early ones on a cold start), as the tick loads a version between
 ticks. Policies: ``switchyard`` (the production learner: least-tried-first ``Exploration`` on a
-budgeted share of each window, and the promise check that adds the measured gap between
-promised and realised success to alpha), ``greedy`` (the same without exploration), ``static`` (fitted once on the train split), ``best-single``
+budgeted share of each window), ``greedy`` (the same without exploration; with
+``promise_check_labels`` both add the measured gap between promised and realised success to
+alpha), ``static`` (fitted once on the train split), ``best-single``
 and ``oracle`` (the optimizer on realised outcomes). Score regret sums the successes lost against
 the oracle; cost regret the extra USD; both are reported, with regret *rates* over the first and
 last quarter of the stream to show convergence. ``--online`` starts from the train split,
