@@ -124,7 +124,8 @@ def _replay_online(dataset: Path, models: Path | None, alpha: float | None, wind
 
     from scheduler.datasets import read_dataset
     from scheduler.learning.exploration import Exploration
-    from scheduler.replay.online import OnlineConfig, repeats_json, run_online_repeats
+    from scheduler.replay.online import OnlineConfig, run_online_repeats
+    from scheduler.replay.online_report import repeats_json
     from scheduler.replay.policies import SolverChoice
 
     if solver not in _SOLVERS:
@@ -170,7 +171,7 @@ def _print_online_summary(reports: list) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from scheduler.replay.online import OnlineReport, summarise_runs
+    from scheduler.replay.online_report import OnlineReport, summarise_runs
 
     assert reports and isinstance(reports[0], OnlineReport)
     report = reports[0]

@@ -49,8 +49,7 @@ class Exploration:
         need = np.maximum(0, self.target_labels - np.asarray(label_counts, dtype=np.int64))
         if room is not None:
             need = np.minimum(need, np.maximum(0, np.asarray(room, dtype=np.int64)))
-        budget = int(rng.binomial(n, self.budget_fraction)) if n else 0
-        budget = min(budget, int(need.sum()))
+        budget = min(int(rng.binomial(n, self.budget_fraction)), int(need.sum()))
         if budget == 0:
             return pinned
         counts = np.asarray(label_counts, dtype=float).copy()

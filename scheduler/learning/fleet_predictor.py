@@ -62,8 +62,7 @@ class FleetPredictor:
 
     @property
     def name(self) -> str:
-        base = f"{self.fitted.name}@{self.version}" if self.fitted is not None else "fleet-prior"
-        return base
+        return f"{self.fitted.name}@{self.version}" if self.fitted is not None else "fleet-prior"
 
     def unscored(self, keys: Sequence[str]) -> list[str]:
         """The keys this version has not scored yet (none without a cache or a fitted predictor:

@@ -20,7 +20,8 @@ CalibrationMethod = Literal["platt", "isotonic", "none"]
 _EPS = 1e-4
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), with p clipped away from 0 and 1."""
     p = np.clip(p, _EPS, 1.0 - _EPS)
     return np.log(p / (1.0 - p))
 
@@ -55,7 +56,7 @@ class Calibrator:
                 iso = IsotonicRegression(y_min=_EPS, y_max=1 - _EPS, out_of_bounds="clip").fit(r, y)
                 self._maps.append(("isotonic", iso))
             else:
-                x, yy, w = soft_labels(_logit(r)[:, None], y)
+                x, yy, w = soft_labels(logit(r)[:, None], y)
                 lr = LogisticRegression(C=1e4, max_iter=1000).fit(x, yy, sample_weight=w)
                 self._maps.append(("platt", (float(lr.coef_[0, 0]), float(lr.intercept_[0]))))
         return self
@@ -67,7 +68,7 @@ class Calibrator:
                 out[:, j] = state.predict(raw[:, j])
             elif isinstance(state, tuple):
                 a, b = state
-                out[:, j] = 1.0 / (1.0 + np.exp(-(a * _logit(raw[:, j]) + b)))
+                out[:, j] = 1.0 / (1.0 + np.exp(-(a * logit(raw[:, j]) + b)))
             else:
                 out[:, j] = raw[:, j]
         return np.clip(out, 0.0, 1.0)

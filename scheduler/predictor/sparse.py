@@ -24,14 +24,10 @@ from scipy.optimize import minimize
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import KFold
 
+from scheduler.predictor.calibration import logit
+
 #: penalty on the mean log-loss: lam * |w|^2 / 2 (lam = 1 / (C * n) in sklearn's terms)
 LAMBDA_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
-_EPS = 1e-4
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, _EPS, 1.0 - _EPS)
-    return np.log(p / (1.0 - p))
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -125,7 +121,7 @@ class SparseLogisticScorer:
         """``prior`` (N, M): each row's (leave-one-out) task prior; ``values`` (N, M), nan = unobserved."""
         n, m = values.shape
         x, penalised = self.design(text, dense, prior)
-        offset_all = _logit(prior)
+        offset_all = logit(prior)
         folds = min(self.folds, max(2, n // 10))
         splits = list(KFold(folds, shuffle=True, random_state=self.seed).split(np.arange(n)))
         d = x.shape[1]
@@ -139,7 +135,7 @@ class SparseLogisticScorer:
             ys = values[seen, j]
             if seen.sum() < 10 or np.ptp(ys) == 0:
                 rate = float(ys.mean()) if seen.any() else 0.5
-                self._intercept[j] = float(_logit(np.array([rate]))[0])
+                self._intercept[j] = float(logit(np.array([rate]))[0])
                 self._use_prior[j] = False
                 self.oof_[seen, j] = rate
                 self.chosen_lambda_.append(float("nan"))
@@ -166,7 +162,7 @@ class SparseLogisticScorer:
 
     def predict(self, text: sp.csr_matrix, dense: np.ndarray, prior: np.ndarray) -> np.ndarray:
         x, _ = self.design(text, dense, prior)
-        z = np.asarray(x @ self._coef.T) + self._intercept[None, :] + _logit(prior) * self._use_prior[None, :]
+        z = np.asarray(x @ self._coef.T) + self._intercept[None, :] + logit(prior) * self._use_prior[None, :]
         return _sigmoid(z)
 
 
@@ -175,7 +171,7 @@ def _fit_shared_logistic(x: sp.csr_matrix, y: np.ndarray, seen: np.ndarray, offs
     """One text direction w shared by all models, one intercept per model:
     z_ij = x_i . w + b_j + offset_ij; minimises the mean cross-entropy over observed (i, j) pairs
     + lam/2 |w|^2. Returns (d + M,): w, then b."""
-    n, d = x.shape
+    d = x.shape[1]
     m = y.shape[1]
     xt = x.T.tocsr()
     y0 = np.where(seen, y, 0.0)
@@ -219,7 +215,7 @@ class SharedDifficultyScorer:
         n, m = values.shape
         x, _ = SparseLogisticScorer.design(text, dense, prior)
         d = x.shape[1]
-        offset = _logit(prior)
+        offset = logit(prior)
         seen = ~np.isnan(values)
         folds = min(self.folds, max(2, n // 10))
         splits = list(KFold(folds, shuffle=True, random_state=self.seed).split(np.arange(n)))
@@ -238,4 +234,4 @@ class SharedDifficultyScorer:
 
     def predict(self, text: sp.csr_matrix, dense: np.ndarray, prior: np.ndarray) -> np.ndarray:
         x, _ = SparseLogisticScorer.design(text, dense, prior)
-        return _sigmoid(np.asarray(x @ self._w)[:, None] + self._b[None, :] + _logit(prior))
+        return _sigmoid(np.asarray(x @ self._w)[:, None] + self._b[None, :] + logit(prior))

@@ -17,11 +17,9 @@ The full description, the definitions and the results are in docs/replay-online.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +35,7 @@ from scheduler.learning.exploration import NOT_PINNED, Exploration, promise_gap,
 from scheduler.predictor import Predictor, PredictorError, make_predictor
 from scheduler.replay import policies as pol
 from scheduler.replay.costs import decision_cost_usd
+from scheduler.replay.online_report import OnlinePolicy, OnlineReport, WindowRow, regret_rates
 from scheduler.replay.runner import Progress, ReplayError
 
 EXPLORING, GREEDY, STATIC, BEST_SINGLE, ORACLE = "switchyard", "greedy", "static", "best-single", "oracle"
@@ -62,64 +61,6 @@ class OnlineConfig:
     shuffle: bool = True
     seed: int = 0
     include_static: bool = True
-
-
-@dataclass
-class WindowRow:
-    end: int                   # arrivals routed so far
-    quality: float             # mean realised score in this window
-    cost_usd: float            # realised cost of this window
-    cum_score_regret: float
-    cum_cost_regret_usd: float
-    cum_cost_regret_share: float
-    explored: int = 0          # jobs pinned to explore a little-tried model
-    mean_p_chosen: float | None = None   # mean predicted p of the chosen models
-    margin: float = 0.0        # promise margin added to alpha in this window
-    refit: bool = False        # the predictor was refitted after this window
-
-
-@dataclass
-class OnlinePolicy:
-    quality: float
-    cost_usd: float
-    cost_share_of_best: float
-    score_regret: float
-    cost_regret_usd: float
-    cost_regret_share: float
-    shortfall: float           # alpha * n - sum of realised scores (> 0: under the promise)
-    rate_first_quarter: dict[str, float]
-    rate_last_quarter: dict[str, float]
-    jobs_per_model: dict[str, int]
-    windows: list[WindowRow]
-    fits: int = 0
-    fit_s: float = 0.0
-    total_s: float = 0.0
-
-
-@dataclass
-class OnlineReport:
-    dataset: str
-    mode: str                  # "online" (warm) | "cold"
-    stream: str
-    n_stream: int
-    n_history_initial: int
-    alpha: float
-    alpha_rule: str
-    window: int
-    refit_every: int
-    predictor: str
-    exploration: dict[str, float]
-    promise_check_labels: int
-    models: list[str]
-    best_single: dict[str, Any]
-    policies: dict[str, OnlinePolicy]
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
 
 
 def default_alpha(single_quality: np.ndarray, single_cost: np.ndarray, step: float = 0.005) -> float:
@@ -149,7 +90,6 @@ class OnlineLearner:
         self._rng = np.random.default_rng(config.seed)
         self.promised: list[float] = []   # p of the chosen model, per revealed stream job
         self.realised: list[float] = []   # its score
-        self._pinned = np.zeros(0, dtype=bool)   # the last decided window's exploring jobs
         m = len(models)
         n0 = 0 if initial is None else len(initial.ids)
         cap = n0 + len(stream.ids)
@@ -208,8 +148,9 @@ class OnlineLearner:
             return 0.0
         return promise_gap(self.promised[-k:], self.realised[-k:])
 
-    def decide(self, sl: slice) -> tuple[np.ndarray, np.ndarray, int, float]:
-        """Chosen model per job of the window, the predicted p of each choice, jobs explored, margin."""
+    def decide(self, sl: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Chosen model per job of the window, the predicted p of each choice, which jobs were
+        pinned to explore (bool), and the promise margin used."""
         p, tokens = self.predict(sl)
         window = self.stream.subset(np.arange(sl.start, sl.stop))
         cost = decision_cost_usd(window, self._history(), self.prices, tokens, self.config.assumed_output_tokens)
@@ -218,17 +159,16 @@ class OnlineLearner:
         if self.exploration is not None:
             pinned = self.exploration.pin(eligible, self.counts.tolist(), self._rng)
             eligible = restrict_to_pinned(eligible, pinned)
-        self._pinned = pinned != NOT_PINNED
         assert self.config.alpha is not None
         margin = self.margin()
         pick = pol.ilp_policy(p, cost, min(1.0, self.config.alpha + margin), len(p), self.config.solver, eligible)
-        return pick, p[np.arange(len(pick)), pick], int(self._pinned.sum()), margin
+        return pick, p[np.arange(len(pick)), pick], pinned != NOT_PINNED, margin
 
     # -- feedback ----------------------------------------------------------------------------
-    def reveal(self, sl: slice, pick: np.ndarray, promised: np.ndarray) -> None:
+    def reveal(self, sl: slice, pick: np.ndarray, promised: np.ndarray, explored: np.ndarray) -> None:
         """Append the window's jobs with only the chosen model's outcome observed."""
         # The promise is the optimizer's: exploring jobs were sent where p is least known, not promised.
-        chosen = ~self._pinned
+        chosen = ~explored
         self.promised.extend(promised[chosen].tolist())
         self.realised.extend(self.stream.scores[np.arange(sl.start, sl.stop), pick][chosen].tolist())
         for k, i in enumerate(range(sl.start, sl.stop)):
@@ -358,12 +298,12 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
             picks[learner.name][sl] = pick
             refit = False
             if learner is not static:
-                learner.reveal(sl, pick, p_chosen)
+                learner.reveal(sl, pick, p_chosen, explored)
                 due = (w + 1) % refit_every == 0
                 early = config.cold and learner.n >= 2 * max(learner.n_at_fit, config.min_fit_labels // 2)
                 if (due or early or learner.predictor is None or _new_model_ready(learner)) and w + 1 < len(windows):
                     refit = learner.refit()
-            extra[learner.name].append({"explored": explored, "mean_p_chosen": float(p_chosen.mean()),
+            extra[learner.name].append({"explored": int(explored.sum()), "mean_p_chosen": float(p_chosen.mean()),
                                         "margin": margin, "refit": refit})
             elapsed[learner.name] += time.perf_counter() - start
         if progress is not None:
@@ -393,8 +333,8 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
             score_regret=float(rs[-1]), cost_regret_usd=float(rc[-1]),
             cost_regret_share=float(rc[-1] / cum_best[-1]) if cum_best[-1] > 0 else 0.0,
             shortfall=float(alpha * n - s.sum()),
-            rate_first_quarter=_rates(oracle_s - s, c - oracle_c, best_cost_per_job, 0, max(1, n // 4)),
-            rate_last_quarter=_rates(oracle_s - s, c - oracle_c, best_cost_per_job, n - max(1, n // 4), n),
+            rate_first_quarter=regret_rates(oracle_s - s, c - oracle_c, best_cost_per_job, 0, max(1, n // 4)),
+            rate_last_quarter=regret_rates(oracle_s - s, c - oracle_c, best_cost_per_job, n - max(1, n // 4), n),
             jobs_per_model={models[j]: int((pick == j).sum()) for j in range(m)},
             windows=wrows,
             fits=owner.fits if owner else 0, fit_s=owner.fit_s if owner else 0.0,
@@ -437,15 +377,6 @@ def _new_model_ready(learner: OnlineLearner) -> bool:
     return bool(ready - set(learner.fitted_cols)) and learner.n >= learner.config.min_fit_labels
 
 
-def _rates(score_gap: np.ndarray, cost_gap: np.ndarray, best_cost: np.ndarray, lo: int, hi: int) -> dict[str, float]:
-    """Regret per arrival over arrivals [lo, hi): score, cost in USD, cost as a share of the best model's."""
-    sl = slice(lo, hi)
-    bc = float(best_cost[sl].sum())
-    return {"from": lo, "to": hi, "score_regret_per_job": float(score_gap[sl].mean()),
-            "cost_regret_usd_per_job": float(cost_gap[sl].mean()),
-            "cost_regret_share": float(cost_gap[sl].sum() / bc) if bc > 0 else 0.0}
-
-
 def run_online_repeats(dataset: OutcomeDataset, config: OnlineConfig, repeats: int,
                        progress: Progress | None = None) -> list[OnlineReport]:
     """``repeats`` runs with seeds seed, seed + 1, ...: each its own arrival order and exploration draws."""
@@ -459,28 +390,3 @@ def run_online_repeats(dataset: OutcomeDataset, config: OnlineConfig, repeats: i
 
         reports.append(run_online(dataset, cfg, say))
     return reports
-
-
-SUMMARY_FIELDS = ("quality", "cost_share_of_best", "score_regret", "cost_regret_share", "shortfall")
-
-
-def summarise_runs(reports: list[OnlineReport]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per policy and measure: mean and standard deviation over the runs (sd 0 for one run)."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for name in reports[0].policies:
-        rows: dict[str, list[float]] = {f: [getattr(r.policies[name], f) for r in reports] for f in SUMMARY_FIELDS}
-        for quarter in ("first", "last"):
-            for key in ("score_regret_per_job", "cost_regret_share"):
-                rows[f"{quarter}_quarter_{key}"] = [getattr(r.policies[name], f"rate_{quarter}_quarter")[key]
-                                                    for r in reports]
-        out[name] = {k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-                     for k, v in rows.items()}
-    return out
-
-
-def repeats_json(reports: list[OnlineReport]) -> dict[str, Any]:
-    """The JSON of several runs: the summary over seeds, then every run's own report."""
-    first = reports[0]
-    return {"dataset": first.dataset, "mode": first.mode, "stream": first.stream, "n_stream": first.n_stream,
-            "alpha": first.alpha, "repeats": len(reports), "seeds": [r.details["seed"] for r in reports],
-            "summary": summarise_runs(reports), "runs": [r.to_json() for r in reports]}

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from scheduler.replay.online import BEST_SINGLE, GREEDY, ORACLE, STATIC, EXPLORING, OnlineReport
+from scheduler.replay.online import BEST_SINGLE, EXPLORING, GREEDY, ORACLE, STATIC
+from scheduler.replay.online_report import OnlineReport
 
 _STYLE: dict[str, dict[str, Any]] = {
     EXPLORING: {"color": "tab:red", "lw": 2.0, "zorder": 5},

@@ -24,18 +24,16 @@ from scheduler.datasets import (
 from scheduler.datasets.costing import realised_cost_usd
 from scheduler.learning.exploration import Exploration
 from scheduler.replay.online import (
+    EXPLORING,
     GREEDY,
     ORACLE,
-    EXPLORING,
     OnlineConfig,
     OnlineLearner,
-    OnlineReport,
     default_alpha,
-    repeats_json,
     run_online,
     run_online_repeats,
-    summarise_runs,
 )
+from scheduler.replay.online_report import OnlineReport, repeats_json, summarise_runs
 from scheduler.replay.online_plot import plot_online
 
 # Four models; the cheapest ("a") is right 60% of the time, the dearest ("d") always.
@@ -99,8 +97,8 @@ def test_only_the_chosen_outcome_is_revealed() -> None:
     seen_rows = 0
     for start in (0, 25, 50):
         sl = slice(start, start + 25)
-        pick, promised, _, _ = learner.decide(sl)
-        learner.reveal(sl, pick, promised)
+        pick, promised, explored, _ = learner.decide(sl)
+        learner.reveal(sl, pick, promised, explored)
         hist = learner.scores[start:start + 25]
         observed = ~np.isnan(hist)
         assert (observed.sum(axis=1) == 1).all()                     # one outcome per job...
