@@ -44,7 +44,7 @@ def neighbour_mean(values: np.ndarray, idx: np.ndarray, weights: np.ndarray) -> 
 
     Returns (sum (N, M), weight (N, M)); unobserved neighbour outcomes carry no weight.
     """
-    vals = values[idx]                                  # (N, k, M)
-    observed = ~np.isnan(vals)
-    w = weights[:, :, None] * observed
-    return (w * np.nan_to_num(vals)).sum(axis=1), w.sum(axis=1)
+    # Fill and mask the (Nb, M) base once, then gather: cheaper than cleaning the (N, k, M) gather.
+    filled = np.nan_to_num(values, nan=0.0)
+    observed = (~np.isnan(values)).astype(filled.dtype)
+    return np.einsum("nk,nkm->nm", weights, filled[idx]), np.einsum("nk,nkm->nm", weights, observed[idx])
