@@ -11,6 +11,7 @@ _STYLE: dict[str, dict[str, Any]] = {
     "eccos-ilp": {"color": "tab:blue", "marker": "s", "lw": 1.4, "zorder": 4},
     "eccos-r-rule": {"color": "tab:green", "marker": "^", "lw": 1.4, "zorder": 3},
     "oracle": {"color": "0.35", "marker": ".", "lw": 1.0, "zorder": 2, "ls": "--"},
+    "task-oracle": {"color": "tab:orange", "marker": ".", "lw": 1.0, "zorder": 2, "ls": ":"},
 }
 
 
@@ -24,7 +25,7 @@ def plot_frontier(report: ReplayReport, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
     singles = [name for name, pts in report.policies.items()
                if name not in _STYLE and name != "random"]
-    for name in ("oracle", "eccos-r-rule", "eccos-ilp", "switchyard"):
+    for name in ("oracle", "task-oracle", "eccos-r-rule", "eccos-ilp", "switchyard"):
         pts = sorted((p for p in report.policies.get(name, []) if p.alpha is not None),
                      key=lambda p: p.cost_share_of_best)
         if not pts:

@@ -1,6 +1,8 @@
 """Routing policies compared by replay. Each returns the chosen model index per job.
 
-Only the oracle sees outcomes; every other policy sees predictions and decision costs alone.
+Only the oracles see outcomes: ``oracle`` each query's, ``task-oracle`` only each task's realised
+success rate (the ceiling for any predictor that knows a job's task but not which query inside it
+a model gets right). Every other policy sees predictions and decision costs alone.
 The ILP policies cut the arrival stream into windows of N jobs and ask the real optimizer
 (``scheduler.optimizer.solve``) for the cheapest assignment whose mean predicted success in the
 window is at least alpha -- the same call the scheduling tick makes.
@@ -74,6 +76,13 @@ def oracle_best(scores: np.ndarray, realised_cost: np.ndarray) -> np.ndarray:
     """Hindsight: a model with the best realised score, the cheapest among ties."""
     best = scores >= scores.max(axis=1, keepdims=True) - 1e-12
     return np.argmin(np.where(best, realised_cost, np.inf), axis=1)
+
+
+def task_rates(scores: np.ndarray, tasks: list[str]) -> np.ndarray:
+    """(N, M): each row's task's mean realised score per model -- what ``task-oracle`` routes on."""
+    labels, task_index = np.unique(np.asarray(tasks, dtype=object), return_inverse=True)
+    rates = np.stack([scores[task_index == t].mean(axis=0) for t in range(len(labels))])
+    return rates[task_index]
 
 
 def random_policy(n: int, m: int, seed: int) -> np.ndarray:

@@ -132,9 +132,12 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
         margin = SafetyMargin(bias, config.confidence_z, n)
     say("routing the test split", 1)
 
-    policies["eccos-r-rule"], policies["eccos-ilp"], policies["switchyard"] = [], [], []
+    test_task_rates = pol.task_rates(scores, [test.tasks[i] for i in order])
+    policies["task-oracle"], policies["eccos-r-rule"], policies["eccos-ilp"], policies["switchyard"] = [], [], [], []
     for alpha in alphas:
         policies["oracle"].append(point(alpha, pol.ilp_policy(scores, real_cost, alpha, config.window, config.solver)))
+        policies["task-oracle"].append(
+            point(alpha, pol.ilp_policy(test_task_rates, real_cost, alpha, config.window, config.solver)))
         policies["eccos-r-rule"].append(point(alpha, pol.eccos_rule(eccos.p_success, cost_eccos, alpha)))
         policies["eccos-ilp"].append(
             point(alpha, pol.ilp_policy(eccos.p_success, cost_eccos, alpha, config.window, config.eccos_solver)))

@@ -14,7 +14,7 @@ from scheduler.cli.replay_cmd import register
 from scheduler.datasets import ModelPrice, Outcome, OutcomeMatrix, OutcomeRecord, Split, read_dataset
 from scheduler.replay import ReplayConfig, run_replay, sweep_alphas
 from scheduler.replay.costs import decision_cost_usd
-from scheduler.replay.policies import eccos_rule, oracle_best
+from scheduler.replay.policies import eccos_rule, oracle_best, task_rates
 from scheduler.replay.report import PolicyPoint, alpha_met_rate, area_under_curve, reach_best
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mmlu_sample.jsonl"
@@ -33,9 +33,9 @@ def test_json_has_the_issue_shape(report_json: dict) -> None:
     assert r["n_train"] > 500 and r["n_test"] > 200
     assert set(r["best_single"]) == {"model", "quality", "cost_usd"}
     expected = {"gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1", "random", "oracle",
-                "eccos-r-rule", "eccos-ilp", "switchyard"}
+                "task-oracle", "eccos-r-rule", "eccos-ilp", "switchyard"}
     assert set(r["policies"]) == expected and set(r["reach_best"]) == expected
-    for name in ("eccos-r-rule", "eccos-ilp", "switchyard"):
+    for name in ("task-oracle", "eccos-r-rule", "eccos-ilp", "switchyard"):
         assert [p["alpha"] for p in r["policies"][name]] == list(ALPHAS)
     for points in r["policies"].values():
         for p in points:
@@ -92,6 +92,18 @@ def test_policy_rules() -> None:
     assert eccos_rule(p, c, 0.8).tolist() == [0, 1, 1]   # cheapest with p >= alpha, else highest p
     scores = np.array([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
     assert oracle_best(scores, c).tolist() == [0, 1, 0]
+    # task-oracle sees each task's realised rate, the same for every query of the task
+    rates = task_rates(scores, ["a", "b", "a"])
+    np.testing.assert_allclose(rates, [[0.5, 0.5], [0.0, 1.0], [0.5, 0.5]])
+
+
+def test_query_oracle_beats_the_task_oracle(report_json: dict) -> None:
+    """Knowing each query's outcome reaches further, and more cheaply, than knowing each task's rate."""
+    reach = report_json["reach_best"]
+    assert reach["oracle"] is not None and reach["task-oracle"] is not None
+    assert reach["oracle"] <= reach["task-oracle"]
+    top = {name: max(p["quality"] for p in report_json["policies"][name]) for name in ("task-oracle", "oracle")}
+    assert top["task-oracle"] <= top["oracle"]
 
 
 def test_report_summaries() -> None:
