@@ -17,7 +17,7 @@ attention mask, L2 normalisation -- except that long prompts keep their *tail* (
 ``max_tokens``), as the TF-IDF featuriser does: few-shot prefixes come first, the query last.
 
 Embedding is the expensive step (tens of prompts per second per core), so vectors can be cached on
-disk: set ``SWITCHYARD_EMBEDDING_CACHE`` to a directory (or pass ``cache_dir``). Entries are keyed
+disk: set ``SWITCHYARD_EMBEDDING_CACHE_DIR`` to a directory (or pass ``cache_dir``). Entries are keyed
 by the sha256 of the prompt text under a folder named after the model file's hash and the
 truncation length, so a cache can never serve vectors of another model or setting.
 
@@ -40,6 +40,7 @@ import numpy as np
 
 from scheduler.predictor.base import PredictorError
 from scheduler.predictor.features import Features, TextFeaturizer, prompt_stats
+from scheduler.predictor.sparse import SparseText
 
 if TYPE_CHECKING:
     from scheduler.settings import Settings
@@ -259,15 +260,17 @@ class EmbeddingFeaturizer(TextFeaturizer):
     """
 
     def __init__(self, max_tokens: int = 128, seed: int = 0, stats_weight: float = 0.5,
-                 max_chars: int = 2_000, encoder: SentenceEncoder | None = None) -> None:
-        super().__init__(stats_weight=stats_weight, max_chars=max_chars, seed=seed)
+                 max_chars: int = 2_000, encoder: SentenceEncoder | None = None, sparse_text: bool = False) -> None:
+        super().__init__(stats_weight=stats_weight, max_chars=max_chars, seed=seed, sparse_text=sparse_text)
         self.dim = DIMENSION
         self.encoder = encoder if encoder is not None else SentenceEncoder(max_tokens=max_tokens)
 
     def fit(self, prompts: Sequence[str]) -> EmbeddingFeaturizer:
-        raw = prompt_stats(self._clip(prompts))
+        texts = self._clip(prompts)
+        raw = prompt_stats(texts)
         self._stats_mean = raw.mean(axis=0)
         self._stats_std = np.where(raw.std(axis=0) > 1e-6, raw.std(axis=0), 1.0).astype(np.float32)
+        self._sparse = SparseText(max_chars=self.max_chars).fit(texts) if self.sparse_text else None
         self._fitted = True
         return self
 
@@ -277,20 +280,22 @@ class EmbeddingFeaturizer(TextFeaturizer):
         texts = self._clip(prompts)
         emb = self.encoder.encode(list(prompts))
         stats = (prompt_stats(texts) - self._stats_mean) / self._stats_std * self.stats_weight
-        return Features(embedding=emb, stats=stats.astype(np.float32))
+        sparse = getattr(self, "_sparse", None)   # predictors pickled before it existed lack it
+        return Features(embedding=emb, stats=stats.astype(np.float32),
+                        text=sparse.transform(texts) if sparse is not None else None)
 
 
 class HybridFeaturizer(TextFeaturizer):
     """LSA and MiniLM side by side: each unit embedding scaled by 1/sqrt(2), so rows stay unit."""
 
-    def __init__(self, dim: int = 128, seed: int = 0, max_tokens: int = 128) -> None:
-        super().__init__(dim=dim, seed=seed)
+    def __init__(self, dim: int = 128, seed: int = 0, max_tokens: int = 128, sparse_text: bool = False) -> None:
+        super().__init__(dim=dim, seed=seed, sparse_text=sparse_text)
         self.encoder = SentenceEncoder(max_tokens=max_tokens)
 
     def transform(self, prompts: Sequence[str]) -> Features:
         lsa = super().transform(prompts)
         emb = np.hstack([lsa.embedding, self.encoder.encode(list(prompts))]) / np.sqrt(2.0)
-        return Features(embedding=emb.astype(np.float32), stats=lsa.stats)
+        return Features(embedding=emb.astype(np.float32), stats=lsa.stats, text=lsa.text)
 
 
 def embeddings_available() -> bool:

@@ -124,5 +124,7 @@ def make_featurizer(kind: str = "tfidf", dim: int = 128, seed: int = 0, sparse_t
     if kind in ("minilm", "minilm+lsa"):
         from scheduler.predictor.embeddings import EmbeddingFeaturizer, HybridFeaturizer
 
-        return EmbeddingFeaturizer(seed=seed) if kind == "minilm" else HybridFeaturizer(dim=dim, seed=seed)
+        if kind == "minilm":
+            return EmbeddingFeaturizer(seed=seed, sparse_text=sparse_text)
+        return HybridFeaturizer(dim=dim, seed=seed, sparse_text=sparse_text)
     raise ValueError(f"unknown featuriser {kind!r}; choose one of {FEATURIZERS}")

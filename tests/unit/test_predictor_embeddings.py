@@ -116,6 +116,15 @@ def test_minilm_predictors_learn_and_save(name: str, fake_encoder: None, tmp_pat
     np.testing.assert_allclose(again.predict(prompts[240:], tasks=tasks[240:]).p_success, out.p_success)
 
 
+def test_minilm_blend_keeps_the_sparse_ngram_models(fake_encoder: None) -> None:
+    """The sentence vectors replace LSA only: the n-gram logistic and shared-difficulty
+    components still see the word 1-2 gram TF-IDF."""
+    prompts, tasks, scores, tokens = corpus(300)
+    pred = make_predictor("switchyard-minilm").fit(prompts, scores, tokens, MODELS, tasks=tasks)
+    assert pred.featurizer.transform(prompts[:5]).text is not None
+    assert pred.logistic is not None and pred.shared is not None
+
+
 @needs_extra
 def test_real_encoder_is_offline_unit_and_semantic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
