@@ -95,10 +95,31 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> 
     return float(total / p.size)
 
 
+def within_task_auc(p: np.ndarray, y: np.ndarray, tasks: list[str] | None) -> float:
+    """ROC-AUC of ``p`` against success (score >= 0.5) inside each task, averaged weighted by the
+    task's rows; tasks where every outcome is the same are skipped (nan if none is left). It says
+    how well the predictor tells a model's right answers from its wrong ones *beyond* knowing the
+    task: 0.5 is chance. Without tasks, the whole set is one task."""
+    from sklearn.metrics import roc_auc_score
+
+    seen = ~np.isnan(y)
+    labels = np.asarray(tasks if tasks is not None else [""] * len(y), dtype=object)[seen]
+    p, hit = p[seen], y[seen] >= 0.5
+    total, weight = 0.0, 0
+    for task in np.unique(labels):
+        rows = labels == task
+        if 0 < hit[rows].sum() < rows.sum():
+            total += roc_auc_score(hit[rows], p[rows]) * int(rows.sum())
+            weight += int(rows.sum())
+    return total / weight if weight else float("nan")
+
+
 def calibration_report(
-    p: np.ndarray, scores: np.ndarray, model_names: list[str] | tuple[str, ...], bins: int = 10
+    p: np.ndarray, scores: np.ndarray, model_names: list[str] | tuple[str, ...], bins: int = 10,
+    tasks: list[str] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Per model: Brier score, ECE, mean predicted p, realised rate and number of outcomes."""
+    """Per model: Brier score, ECE, within-task ROC-AUC, mean predicted p, realised rate and
+    number of outcomes."""
     report = {}
     for j, name in enumerate(model_names):
         y = scores[:, j]
@@ -106,6 +127,7 @@ def calibration_report(
         report[name] = {
             "brier": brier_score(p[:, j], y),
             "ece": expected_calibration_error(p[:, j], y, bins),
+            "auc_within_task": within_task_auc(p[:, j], y, tasks),
             "mean_p": float(p[seen, j].mean()) if seen.any() else float("nan"),
             "realised": float(y[seen].mean()) if seen.any() else float("nan"),
             "n": int(seen.sum()),

@@ -162,7 +162,8 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
         "arrival_order": "seeded shuffle" if config.shuffle else "file order",
         "seed": config.seed,
         "calibration_test": {
-            name: calibration_report(preds[name].p_success, scores, test.models) for name in fits
+            name: calibration_report(preds[name].p_success, scores, test.models, tasks=[test.tasks[i] for i in order])
+            for name in fits
         },
         "fit_and_predict_s": fit_s,
         "total_s": time.perf_counter() - t0,

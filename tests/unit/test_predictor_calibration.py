@@ -7,6 +7,7 @@ import numpy as np
 
 from scheduler.datasets import OutcomeMatrix, read_dataset
 from scheduler.predictor import brier_score, calibration_report, expected_calibration_error, make_predictor
+from scheduler.predictor.calibration import within_task_auc
 from scheduler.predictor.calibration import Calibrator
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mmlu_sample.jsonl"
@@ -70,3 +71,13 @@ def test_promised_p_tracks_the_realised_rate_better_than_eccos() -> None:
     assert test.scores[high, j].mean() > test.scores[low, j].mean() + 0.05
     q = eccos.predict(test.prompts).p_success
     assert brier_score(p, test.scores) < brier_score(q, test.scores)
+
+
+def test_within_task_auc_ignores_what_the_task_alone_explains() -> None:
+    tasks = ["easy"] * 4 + ["hard"] * 4
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 1], dtype=float)
+    task_rate = np.array([0.75] * 4 + [0.25] * 4)         # knows the task, nothing inside it
+    assert within_task_auc(task_rate, y, tasks) == 0.5
+    inside = np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.1, 0.3, 0.4])   # ranks every right answer first
+    assert within_task_auc(inside, y, tasks) == 1.0
+    assert np.isnan(within_task_auc(task_rate, np.ones(8), tasks))   # one class everywhere: undefined
