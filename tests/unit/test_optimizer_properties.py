@@ -131,6 +131,23 @@ def test_cbc_and_highs_agree(problem):
     assert cbc.relaxations == highs.relaxations
 
 
+def test_cbc_finds_the_optimum_where_its_preprocessing_did_not():
+    """A window hypothesis found: with its integer preprocessing on, CBC returned 5.732 and called
+    it optimal; HiGHS (and the fast path) find 4.946."""
+    cost = np.array([[0.19, 0.348], [0.473, 0.232], [0.943, 0.875], [0.673, 0.15], [0.049, 0.143],
+                     [0.35, 0.727], [0.347, 0.394], [0.256, 0.144], [0.395, 0.043], [0.623, 0.999],
+                     [0.19, 0.034], [0.467, 0.732]])
+    p = np.array([[0.397, 0.83], [0.202, 0.546], [0.922, 0.537], [0.077, 0.622], [0.333, 0.104],
+                  [0.654, 0.346], [0.144, 0.077], [0.259, 0.548], [0.723, 0.013], [0.464, 0.234],
+                  [0.953, 0.137], [0.702, 0.031]])
+    penalty = np.array([0.797, 1.272, 0.463, 1.592, 0.355, 0.063, 0.713, 0.122, 0.571, 0.063, 0.72, 0.156])
+    problem = AssignmentProblem(cost_usd=cost, p_success=p, capacity=np.array([12, 12]),
+                                eligible=np.ones((12, 2), dtype=bool), group=np.zeros(12, dtype=np.int64),
+                                alpha=np.array([0.83]), deferral_penalty_usd=penalty)
+    for backend in ("cbc", "highs"):
+        assert solve(problem, "exact", backend=backend).objective_usd == pytest.approx(4.946)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_fast_is_close_to_exact_on_synthetic_windows(seed):
     # The gap fast.py states for small windows: at most a few %, typically well under 1%.
