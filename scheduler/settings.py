@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     )
     refit_min_interval_s: float = Field(default=600.0, ge=0, description="At most one refit per this many seconds.")
     exploration_target_labels: int = Field(
-        default=30, ge=0, description="A model with fewer outcome labels than this gets exploring jobs (0 = never explore)."
+        default=30, ge=0, description="A model with fewer outcome labels than this (feedback, or what the loaded predictor was fitted "
+                                   "on, imported datasets included) gets exploring jobs (0 = never explore)."
     )
     exploration_budget_fraction: float = Field(
         default=0.1, ge=0, le=1, description="Most of each window's jobs that may be sent to explore a little-tried model."

@@ -62,12 +62,18 @@ class Learner:
         return Exploration(self.settings.exploration_budget_fraction, self.settings.exploration_target_labels)
 
     def feedback(self) -> Feedback:
-        """Labels per fleet model and the promise gap of the recent ones, read fresh each tick."""
-        counts = self.labels.counts_by_model()
+        """Labels per fleet model and the promise gap of the recent ones, read fresh each tick.
+
+        A model's labels are what the scheduler knows about it: its feedback labels, or, when
+        more, the outcomes the loaded predictor was fitted on (an imported dataset counts; the
+        larger of the two, since a fit on history includes the feedback it had then)."""
+        feedback = self.labels.counts_by_model()
+        fitted_on = getattr(self._loaded[1], "label_counts", {}) if self._loaded else {}
+        counts = tuple(max(feedback.get(name, 0), fitted_on.get(name, 0)) for name in self.fleet.names)
         gap = 0.0
         if self.settings.promise_check_labels > 0:
             gap = promise_gap(*self.labels.recent_promises(self.settings.promise_check_labels))
-        return Feedback(tuple(counts.get(name, 0) for name in self.fleet.names), gap)
+        return Feedback(counts, gap)
 
     def refit(self, now: dt.datetime, records: Sequence[OutcomeRecord] = ()) -> str:
         """Fit on all labelled history (+ ``records``) and save a new version; returns it."""
@@ -90,7 +96,7 @@ class Learner:
         def fit() -> None:
             try:
                 self.refit(now)
-            except Exception:  # noqa: BLE001 - keep scheduling with the current predictor
+            except Exception:
                 log.exception("refitting the predictor failed")
 
         self._fitting = threading.Thread(target=fit, name="switchyard-refit", daemon=True)

@@ -58,6 +58,8 @@ class Predictor(abc.ABC):
 
     def __init__(self) -> None:
         self.model_names: tuple[str, ...] = ()
+        #: observed outcomes per model in the fit (exploration counts these as known labels)
+        self.label_counts: dict[str, int] = {}
 
     @property
     def fitted(self) -> bool:
@@ -100,6 +102,7 @@ class Predictor(abc.ABC):
             raise PredictorError(f"got {len(tasks)} tasks for {n} prompts")
         self._fit(list(prompts), None if tasks is None else list(tasks), scores, tokens)
         self.model_names = tuple(model_names)
+        self.label_counts = {name: int((~np.isnan(scores[:, j])).sum()) for j, name in enumerate(model_names)}
         return self
 
     def featurize(self, prompts: Sequence[str], tasks: Sequence[str] | None = None) -> JobFeatures:

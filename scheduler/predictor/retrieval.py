@@ -11,6 +11,7 @@ on the training set.
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 
@@ -22,7 +23,8 @@ STRENGTH_GRID = (0.5, 2.0, 8.0)
 
 
 def _base_rate(values: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():   # a model with no outcome yet: its rate falls back below
+        warnings.simplefilter("ignore", RuntimeWarning)
         rate = np.nanmean(values, axis=0)
     return np.where(np.isnan(rate), np.nanmean(values) if np.isfinite(values).any() else 0.0, rate)
 

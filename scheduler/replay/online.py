@@ -106,7 +106,7 @@ class OnlineLearner:
             self.cost[:n0][np.isnan(initial.scores)] = np.nan
         self.n = n0
         self.n_at_fit = 0
-        self.counts = np.zeros(m, dtype=np.int64)    # feedback labels gathered online (as production counts)
+        self.counts = np.zeros(m, dtype=np.int64)    # feedback labels gathered online (reported)
         self.predictor: Predictor | None = None
         self.fitted_cols: list[int] = []
         self.fits = 0
@@ -157,7 +157,9 @@ class OnlineLearner:
         eligible = np.ones(p.shape, dtype=bool)
         pinned = np.full(len(p), NOT_PINNED)
         if self.exploration is not None:
-            pinned = self.exploration.pin(eligible, self.counts.tolist(), self._rng)
+            # as the tick counts: every label the learner holds, imported (warm start) or gathered online
+            known = (~np.isnan(self.scores[:self.n])).sum(axis=0)
+            pinned = self.exploration.pin(eligible, known.tolist(), self._rng)
             eligible = restrict_to_pinned(eligible, pinned)
         assert self.config.alpha is not None
         margin = self.margin()

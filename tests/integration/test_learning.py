@@ -6,9 +6,9 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-
 from sqlalchemy import update
 
+from scheduler.datasets import Outcome, OutcomeRecord, Split
 from scheduler.fleet import Fleet
 from scheduler.jobspec import BatchSpec, JobSpec
 from scheduler.learning.learner import Learner
@@ -101,6 +101,28 @@ def test_exploration_sends_a_budgeted_share_to_the_least_tried_model(pg_db: Data
     assert {a.model for a in explored} == {GEMMA}      # the model without labels
     assert not {a.job_id for a in explored} & smol_only  # a job that may not use Gemma never explores it
     assert f"exploring {len(explored)} jobs" in " ".join(report.plan.notes)
+
+
+def test_imported_outcomes_count_as_labels_so_a_known_model_is_not_explored(pg_db: Database, fleet: Fleet,
+                                                                             tmp_path: Path) -> None:
+    now = utcnow()
+    for i in range(30):
+        labelled(pg_db, now, f"q{i}", SMOL, 1.0)       # SmolLM2: 30 feedback labels
+    imported = [OutcomeRecord(f"imp{i}", f"imported question {i}", "t", Split.TRAIN,
+                              {GEMMA: Outcome(float(i % 2), None, None)}) for i in range(40)]
+    settings = make_settings(pg_db.url, predictor_dir=tmp_path / "p", predictor_kind="eccos-r",
+                             exploration_target_labels=30, exploration_budget_fraction=0.5, plan_horizon_s=3600)
+    learner = Learner(settings, pg_db, fleet)
+    assert dict(zip(fleet.names, learner.feedback().label_counts, strict=True)) == {SMOL: 30, GEMMA: 0}
+    learner.refit(now, imported)                        # Gemma: 40 outcomes from an imported dataset
+    learner.predictor()                                 # the tick loads the new version
+    counts = dict(zip(fleet.names, learner.feedback().label_counts, strict=True))
+    assert counts == {SMOL: 30, GEMMA: 40}
+    register_workers(pg_db, fleet.names, now)
+    for i in range(20):
+        JobStore(pg_db).submit_job("t", JobSpec(prompt=f"new question {i}"), now)
+    report = Scheduler(settings, pg_db, fleet, default_policy(fleet, settings), None, learner).tick()
+    assert not [a for a in report.plan.assignments if a.reason.startswith("exploring")]
 
 
 def test_the_promise_check_adds_the_measured_gap_to_alpha(pg_db: Database, fleet: Fleet, tmp_path: Path) -> None:

@@ -33,8 +33,8 @@ from scheduler.replay.online import (
     run_online,
     run_online_repeats,
 )
-from scheduler.replay.online_report import OnlineReport, repeats_json, summarise_runs
 from scheduler.replay.online_plot import plot_online
+from scheduler.replay.online_report import OnlineReport, repeats_json, summarise_runs
 
 # Four models; the cheapest ("a") is right 60% of the time, the dearest ("d") always.
 RATES = {"a": 0.6, "b": 0.3, "c": 0.7, "d": 1.0}
@@ -171,12 +171,13 @@ def test_warm_start_on_the_mmlu_sample_routes_the_first_window_like_static() -> 
     report = run_online(read_dataset(sample), OnlineConfig(window=138, refit_every=1))
     assert report.n_history_initial > 500 and report.n_stream > 200
     first = {name: report.policies[name].windows[0] for name in (EXPLORING, GREEDY, "static")}
-    # no online labels yet: every model is under-explored, so the exploring learner pins a share of
-    # the window; greedy and static share one fitted predictor and no promise margin yet
-    assert first[EXPLORING].explored > 0
-    assert first[GREEDY].explored == 0 and first[GREEDY].margin == 0.0
-    assert first[GREEDY].quality == first["static"].quality
-    assert first[GREEDY].cost_usd == first["static"].cost_usd
+    # the imported train split already holds hundreds of labels per model, as an imported dataset
+    # does in production: nothing is under-explored, and all three route the first window alike
+    # (one fitted predictor, no promise margin yet)
+    assert first[EXPLORING].explored == 0 and first[GREEDY].explored == 0 and first[GREEDY].margin == 0.0
+    for name in (EXPLORING, GREEDY):
+        assert first[name].quality == first["static"].quality
+        assert first[name].cost_usd == first["static"].cost_usd
     assert report.policies[EXPLORING].fits == 1 + 1   # the start and one refit between the two windows
 
 
