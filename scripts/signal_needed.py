@@ -27,12 +27,12 @@ from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scheduler.datasets import read_dataset  # noqa: E402
-from scheduler.datasets.costing import realised_cost_usd  # noqa: E402
-from scheduler.predictor.calibration import logit, within_task_auc  # noqa: E402
-from scheduler.replay import policies as pol  # noqa: E402
-from scheduler.replay.report import make_point, reach_best  # noqa: E402
-from scheduler.replay.runner import _matrices, sweep_alphas  # noqa: E402
+from scheduler.datasets import read_dataset
+from scheduler.datasets.costing import realised_cost_usd
+from scheduler.predictor.calibration import logit, within_task_auc
+from scheduler.replay import policies as pol
+from scheduler.replay.report import make_point, reach_best
+from scheduler.replay.runner import _matrices, sweep_alphas
 
 SEPARATIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -78,7 +78,7 @@ def main() -> None:
             points.append(make_point(alpha, float(scores[rows, pick].mean()), float(cost[rows, pick].sum()), best_cost))
         share = reach_best(points, float(quality[best]))
         near = reach_best(points, float(quality[best]) - 0.01)
-        fmt = lambda x: f"{x:.1%}" if x is not None else "-"   # noqa: E731
+        fmt = lambda x: f"{x:.1%}" if x is not None else "-"
         print(f"{d:>5.2f} {auc:>16.3f} {fmt(share):>11} {fmt(near):>12}", flush=True)
 
 

@@ -7,8 +7,7 @@ import numpy as np
 
 from scheduler.datasets import OutcomeMatrix, read_dataset
 from scheduler.predictor import brier_score, calibration_report, expected_calibration_error, make_predictor
-from scheduler.predictor.calibration import within_task_auc
-from scheduler.predictor.calibration import Calibrator
+from scheduler.predictor.calibration import Calibrator, within_task_auc
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mmlu_sample.jsonl"
 
