@@ -51,6 +51,9 @@ class CeleryDispatcher:
                     self.app.send_task(
                         TASK_NAME, kwargs=task_kwargs(dispatch.dispatch_id, dispatch.model, list(dispatch.job_ids)),
                         queue=queue_name(dispatch.model), producer=producer,
+                        # what Flower shows; set here, Celery skips repr-ing 32 job ids per task
+                        argsrepr="()", kwargsrepr=f"{{dispatch_id: {dispatch.dispatch_id}, model: {dispatch.model}, "
+                                                  f"job_ids: {len(dispatch.job_ids)} jobs}}",
                         retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
                     report.published += 1
                 except Exception as exc:  # noqa: BLE001 - the lease recovers these jobs

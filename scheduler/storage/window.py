@@ -143,22 +143,21 @@ class ClaimedWindow:
             self.session.execute(update(Job), [
                 {"id": d.job_id, "status": JobStatus.EXPIRED, "error": d.reason, "finished_at": now,
                  "updated_at": now} for d in expired])
+        # one row per decision, in DECISION_COLUMNS order
         decisions = [
-            {"job_id": a.job_id, "tick_id": plan.tick_id, "action": "assigned", "model": a.model,
-             "reason": a.reason, "predicted_quality": a.predicted_quality,
-             "predicted_cost_usd": a.predicted_cost_usd, "created_at": now} for a in plan.assignments
+            (a.job_id, plan.tick_id, "assigned", a.model, a.reason, a.predicted_quality, a.predicted_cost_usd, now)
+            for a in plan.assignments
         ] + [
-            {"job_id": d.job_id, "tick_id": plan.tick_id, "action": "expired" if d.expire else "deferred",
-             "model": None, "reason": d.reason, "predicted_quality": None, "predicted_cost_usd": None,
-             "created_at": now} for d in plan.deferrals
+            (d.job_id, plan.tick_id, "expired" if d.expire else "deferred", None, d.reason, None, None, now)
+            for d in plan.deferrals
         ]
         if decisions and not self.is_sqlite:
             # Postgres: COPY, one stream for the whole window (an INSERT per row through the
             # driver's pipeline took ~1 s at 10k decisions).
-            self._copy_rows("decisions", DECISION_COLUMNS, [tuple(d[c] for c in DECISION_COLUMNS) for d in decisions])
+            self._copy_rows("decisions", DECISION_COLUMNS, decisions)
         elif decisions:
             # Core insert: one multi-row statement per chunk, no ORM bookkeeping per decision.
-            self.session.execute(insert(DECISIONS), decisions)
+            self.session.execute(insert(DECISIONS), [dict(zip(DECISION_COLUMNS, row, strict=True)) for row in decisions])
 
     def _copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         """COPY ``rows`` into ``table`` on the tick's own connection (inside its transaction)."""

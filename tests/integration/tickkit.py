@@ -36,6 +36,8 @@ def published_job_ids(redis_url: str, fleet: Fleet) -> dict[str, list[str]]:
                 message = json.loads(raw)
                 _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
                 assert kwargs["model"] == model
+                # Flower's summary of the task: short, whatever the batch size
+                assert message["headers"]["kwargsrepr"].endswith(f"job_ids: {len(kwargs['job_ids'])} jobs}}")
                 found.setdefault(model, []).extend(kwargs["job_ids"])
     finally:
         client.close()
