@@ -103,8 +103,10 @@ job_timeout_s = 1.5
         with SwitchyardClient(stack.api_url, "faults") as api:
             batch = api.submit_batch({"jobs": [
                 {"prompt": "What is the capital of France?", "max_tokens": 16},
-                # Hangs: asks for ~400 tokens, several seconds on this CPU, past its 1.5 s timeout.
-                {"prompt": "Count from 1 to 1000, one number per line.", "max_tokens": 400},
+                # Hangs: SmolLM2 writes all 450 tokens (~4.5 s here; counting to 1000 stopped
+                # after 121 tokens, ~1.5 s, which a fast moment finished inside the timeout).
+                {"prompt": "Write a very long story about a dragon and a knight, at least 2000 words.",
+                 "max_tokens": 450},
                 # Crashes: cannot fit the 512-token context at all.
                 {"prompt": "word " * 600, "max_tokens": 16},
                 {"prompt": "What is 2 + 2?", "max_tokens": 16},
