@@ -96,7 +96,7 @@ class Learner:
         def fit() -> None:
             try:
                 self.refit(now)
-            except Exception:
+            except Exception:  # noqa: BLE001 - keep scheduling with the current predictor
                 log.exception("refitting the predictor failed")
 
         self._fitting = threading.Thread(target=fit, name="switchyard-refit", daemon=True)

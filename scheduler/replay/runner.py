@@ -132,7 +132,8 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
         margin = SafetyMargin(bias, config.confidence_z, n)
     say("routing the test split", 1)
 
-    test_task_rates = pol.task_rates(scores, [test.tasks[i] for i in order])
+    tasks_in_order = [test.tasks[i] for i in order]
+    test_task_rates = pol.task_rates(scores, tasks_in_order)
     policies["task-oracle"], policies["eccos-r-rule"], policies["eccos-ilp"], policies["switchyard"] = [], [], [], []
     for alpha in alphas:
         policies["oracle"].append(point(alpha, pol.ilp_policy(scores, real_cost, alpha, config.window, config.solver)))
@@ -162,8 +163,7 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
         "arrival_order": "seeded shuffle" if config.shuffle else "file order",
         "seed": config.seed,
         "calibration_test": {
-            name: calibration_report(preds[name].p_success, scores, test.models, tasks=[test.tasks[i] for i in order])
-            for name in fits
+            name: calibration_report(preds[name].p_success, scores, test.models, tasks=tasks_in_order) for name in fits
         },
         "fit_and_predict_s": fit_s,
         "total_s": time.perf_counter() - t0,
