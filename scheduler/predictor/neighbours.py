@@ -5,14 +5,14 @@ import numpy as np
 
 
 def top_k_neighbours(
-    queries: np.ndarray, base: np.ndarray, k: int, *, exclude_self: bool = False, chunk_rows: int = 2048
+    queries: np.ndarray, base: np.ndarray, k: int, *, exclude: np.ndarray | None = None, chunk_rows: int = 2048
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices and cosine similarities (both (N, k), most similar first) of each query's k nearest.
 
-    ``exclude_self`` treats ``queries`` as ``base`` and leaves each row out of its own neighbours,
-    which gives leave-one-out retrieval estimates on the training set.
+    ``exclude`` (N,) names, per query, a base row to leave out of its neighbours (-1: none): the
+    query's own row when it is in the base, which gives leave-one-out estimates on training rows.
     """
-    k = min(k, base.shape[0] - (1 if exclude_self else 0))
+    k = min(k, base.shape[0] - (1 if exclude is not None and (exclude >= 0).any() else 0))
     if k <= 0:
         raise ValueError("not enough base rows for a neighbour search")
     n = queries.shape[0]
@@ -22,9 +22,9 @@ def top_k_neighbours(
     for start in range(0, n, chunk_rows):
         stop = min(start + chunk_rows, n)
         s = queries[start:stop] @ base.T
-        if exclude_self:
-            rows = np.arange(stop - start)
-            s[rows, rows + start] = -np.inf
+        if exclude is not None:
+            rows = np.flatnonzero(exclude[start:stop] >= 0)
+            s[rows, exclude[start:stop][rows]] = -np.inf
         # The k-th largest value per row by np.partition (cheaper than argpartition), then the
         # entries at or above it: np.nonzero yields them row by row, so each row's first k are
         # its top k (ties broken by column order).

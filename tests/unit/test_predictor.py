@@ -127,7 +127,8 @@ def test_neighbour_search_is_exact(nb: int, k: int, exclude_self: bool) -> None:
     base /= np.linalg.norm(base, axis=1, keepdims=True)
     nq = min(50, nb)
     queries = base[:nq] if exclude_self else rng.normal(size=(nq, 8)).astype(np.float32)
-    idx, sim = top_k_neighbours(queries, base, k, exclude_self=exclude_self, chunk_rows=16)
+    exclude = np.arange(nq) if exclude_self else None
+    idx, sim = top_k_neighbours(queries, base, k, exclude=exclude, chunk_rows=16)
     full = queries @ base.T
     if exclude_self:
         full[np.arange(nq), np.arange(nq)] = -np.inf
@@ -136,6 +137,23 @@ def test_neighbour_search_is_exact(nb: int, k: int, exclude_self: bool) -> None:
     np.testing.assert_allclose(np.take_along_axis(full, idx, axis=1), sim, rtol=1e-6)
     if exclude_self:
         assert not (idx == np.arange(nq)[:, None]).any()
+
+
+def test_retrieval_base_is_capped_and_every_row_still_gets_a_leave_one_out_estimate() -> None:
+    from scheduler.predictor.retrieval import BetaRetrievalScorer
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(300, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    capped = BetaRetrievalScorer(max_base_rows=100).fit(emb, (emb[:, :2] > 0).astype(float))
+    assert capped._emb.shape == (100, 8)                 # predict searches 100 rows, not 300
+    assert capped.oof_ is not None and capped.oof_.shape == (300, 2) and not np.isnan(capped.oof_).any()
+    # Coin-flip outcomes: an honest out-of-fold estimate cannot beat the base rate (Brier ~0.25);
+    # a row that saw its own outcome (its own weight exp(0) dwarfs its neighbours') would.
+    coins = (rng.random((300, 2)) < 0.5).astype(float)
+    for scorer in (BetaRetrievalScorer(max_base_rows=100), BetaRetrievalScorer()):
+        oof = scorer.fit(emb, coins).oof_
+        assert oof is not None and float(np.mean((oof - coins) ** 2)) > 0.23
 
 
 def test_logistic_predictor_learns_who_is_good_at_what() -> None:
