@@ -76,19 +76,18 @@ class SparseText:
         return x * np.float32(1.0 / np.sqrt(len(blocks)))
 
 
-def _fit_logistic(x: sp.csr_matrix, y: np.ndarray, offset: np.ndarray, penalised: np.ndarray, lam: float,
+def _fit_logistic(x: sp.csr_matrix, y: np.ndarray, offset: np.ndarray, lam: float,
                   init: np.ndarray | None = None) -> np.ndarray:
-    """Weights (d + 1, last = intercept) minimising mean cross-entropy + lam/2 |w[penalised]|^2."""
+    """Weights (d + 1, last = intercept) minimising mean cross-entropy + lam/2 |w[:d]|^2."""
     n, d = x.shape
     xt = x.T.tocsr()
-    mask = penalised.astype(float)
 
     def loss_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
         z = x @ w[:d] + w[d] + offset
-        loss = float(np.mean(np.logaddexp(0.0, z) - y * z)) + 0.5 * lam * float(np.sum(mask * w[:d] ** 2))
+        loss = float(np.mean(np.logaddexp(0.0, z) - y * z)) + 0.5 * lam * float(np.sum(w[:d] ** 2))
         r = (_sigmoid(z) - y) / n
         grad = np.empty(d + 1)
-        grad[:d] = xt @ r + lam * mask * w[:d]
+        grad[:d] = xt @ r + lam * w[:d]
         grad[d] = r.sum()
         return loss, grad
 
@@ -111,16 +110,15 @@ class SparseLogisticScorer:
         self._use_prior = np.zeros(0, dtype=bool)
 
     @staticmethod
-    def design(text: sp.csr_matrix, dense: np.ndarray, prior: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
-        """(design matrix with the dense extras, penalised-column mask); the prior enters as an offset."""
-        x = sp.hstack([text, sp.csr_matrix(dense.astype(np.float32))], format="csr")
-        return x, np.ones(x.shape[1], dtype=bool)
+    def design(text: sp.csr_matrix, dense: np.ndarray) -> sp.csr_matrix:
+        """The sparse text with the dense extras beside it (the prior enters as an offset, not a column)."""
+        return sp.hstack([text, sp.csr_matrix(dense.astype(np.float32))], format="csr")
 
     def fit(self, text: sp.csr_matrix, dense: np.ndarray, prior: np.ndarray, values: np.ndarray
             ) -> SparseLogisticScorer:
         """``prior`` (N, M): each row's (leave-one-out) task prior; ``values`` (N, M), nan = unobserved."""
         n, m = values.shape
-        x, penalised = self.design(text, dense, prior)
+        x = self.design(text, dense)
         offset_all = logit(prior)
         folds = min(self.folds, max(2, n // 10))
         splits = list(KFold(folds, shuffle=True, random_state=self.seed).split(np.arange(n)))
@@ -149,19 +147,19 @@ class SparseLogisticScorer:
                     continue
                 w = None
                 for lam in sorted(self.lambdas, reverse=True):
-                    w = _fit_logistic(x[tr], values[tr, j], off[tr], penalised, lam, w)
+                    w = _fit_logistic(x[tr], values[tr, j], off[tr], lam, w)
                     fold_pred[lam][te] = _sigmoid(x[te] @ w[:d] + w[d] + off[te])
             losses = {lam: float(np.nanmean((fold_pred[lam][seen] - ys) ** 2)) for lam in self.lambdas}
             lam = min(self.lambdas, key=lambda k: (losses[k], -k))
             self.chosen_lambda_.append(lam)
             self.oof_[:, j] = fold_pred[lam]
             self.oof_[~seen, j] = np.nan
-            w = _fit_logistic(x[seen], ys, off[seen], penalised, lam)
+            w = _fit_logistic(x[seen], ys, off[seen], lam)
             self._coef[j], self._intercept[j] = w[:d], w[d]
         return self
 
     def predict(self, text: sp.csr_matrix, dense: np.ndarray, prior: np.ndarray) -> np.ndarray:
-        x, _ = self.design(text, dense, prior)
+        x = self.design(text, dense)
         z = np.asarray(x @ self._coef.T) + self._intercept[None, :] + logit(prior) * self._use_prior[None, :]
         return _sigmoid(z)
 
@@ -213,7 +211,7 @@ class SharedDifficultyScorer:
     def fit(self, text: sp.csr_matrix, dense: np.ndarray, prior: np.ndarray, values: np.ndarray
             ) -> SharedDifficultyScorer:
         n, m = values.shape
-        x, _ = SparseLogisticScorer.design(text, dense, prior)
+        x = SparseLogisticScorer.design(text, dense)
         d = x.shape[1]
         offset = logit(prior)
         seen = ~np.isnan(values)
@@ -233,5 +231,5 @@ class SharedDifficultyScorer:
         return self
 
     def predict(self, text: sp.csr_matrix, dense: np.ndarray, prior: np.ndarray) -> np.ndarray:
-        x, _ = SparseLogisticScorer.design(text, dense, prior)
+        x = SparseLogisticScorer.design(text, dense)
         return _sigmoid(np.asarray(x @ self._w)[:, None] + self._b[None, :] + logit(prior))
