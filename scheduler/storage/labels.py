@@ -8,7 +8,7 @@ from sqlalchemy import func, or_, select
 
 from scheduler.plan import EXPLORING_REASON_PREFIX
 from scheduler.storage.database import Database
-from scheduler.storage.tables import Job
+from scheduler.storage.tables import Job, prompt_text
 from scheduler.storage.types import JobStatus
 
 
@@ -31,8 +31,7 @@ class LabelStore:
                  .order_by(Job.scored_at.desc()).limit(limit))
         with self.db.session() as session:
             rows = session.execute(query).all()
-        return [LabelledOutcome(prompt if prompt is not None else "\n".join(m["content"] for m in messages or []),
-                                str(model), float(score), tokens)
+        return [LabelledOutcome(prompt_text(prompt, messages), str(model), float(score), tokens)
                 for prompt, messages, model, score, tokens in rows]
 
     def counts_by_model(self) -> dict[str, int]:
@@ -53,7 +52,7 @@ class LabelStore:
         with self.db.session() as session:
             rows = session.execute(query).all()
         pairs = [(float(promised), float(score)) for promised, score in rows
-                 if promised is not None and score is not None]
+                 if promised is not None and score is not None]   # the query excludes None; the types do not know
         return [promised for promised, _ in pairs], [score for _, score in pairs]
 
     def count_since(self, since: dt.datetime | None) -> int:

@@ -41,6 +41,11 @@ class Batch(Base):
     created_at: Mapped[dt.datetime]
 
 
+def prompt_text(prompt: str | None, messages: list[dict[str, Any]] | None) -> str:
+    """A stored job's text as the predictor reads it: the prompt, or its messages' contents."""
+    return prompt if prompt is not None else "\n".join(m["content"] for m in messages or [])
+
+
 class Job(Base):
     """One prompt and everything that happens to it."""
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from scheduler.fleet import Fleet
 from scheduler.plan import ModelState, Plan, WindowJob
 from scheduler.storage.database import Database, rows_affected
-from scheduler.storage.tables import Batch, Decision, Job, WorkerHeartbeat
+from scheduler.storage.tables import Batch, Decision, Job, WorkerHeartbeat, prompt_text
 from scheduler.storage.types import JobStatus
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -73,7 +73,7 @@ class WindowStore:
         """The text the predictor scores, per job id."""
         with self.db.session() as session:
             rows = session.execute(select(Job.id, Job.prompt, Job.messages).where(Job.id.in_(job_ids))).all()
-        return {row.id: _prompt_text(row.prompt, row.messages) for row in rows}
+        return {row.id: prompt_text(row.prompt, row.messages) for row in rows}
 
     @contextmanager
     def window(self, *, dry_run: bool = False) -> Iterator[ClaimedWindow]:
@@ -204,13 +204,9 @@ CLAIMED_COLUMNS = (Job.id, Job.batch_id, Job.prompt, Job.messages, Job.max_token
                    Job.allowed_models, Job.max_cost_usd, Job.created_at, Job.attempts, Job.on_deadline_miss)
 
 
-def _prompt_text(prompt: str | None, messages: list[dict[str, Any]] | None) -> str:
-    return prompt if prompt is not None else "\n".join(m["content"] for m in messages or [])
-
-
 def _window_job(row: Row[Any], budget_left_usd: float | None) -> WindowJob:
     return WindowJob(
-        id=row.id, batch_id=row.batch_id, prompt_text=_prompt_text(row.prompt, row.messages), max_tokens=row.max_tokens,
+        id=row.id, batch_id=row.batch_id, prompt_text=prompt_text(row.prompt, row.messages), max_tokens=row.max_tokens,
         min_quality=row.min_quality, deadline_at=row.deadline_at,
         allowed_models=tuple(row.allowed_models) if row.allowed_models else None,
         max_cost_usd=row.max_cost_usd, batch_alpha=row.alpha, created_at=row.created_at,
