@@ -39,8 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scheduler.predictor.base import PredictorError
-from scheduler.predictor.features import Features, TextFeaturizer, prompt_stats
-from scheduler.predictor.sparse import SparseText
+from scheduler.predictor.features import Features, TextFeaturizer
 
 if TYPE_CHECKING:
     from scheduler.settings import Settings
@@ -266,23 +265,14 @@ class EmbeddingFeaturizer(TextFeaturizer):
         self.encoder = encoder if encoder is not None else SentenceEncoder(max_tokens=max_tokens)
 
     def fit(self, prompts: Sequence[str]) -> EmbeddingFeaturizer:
-        texts = self._clip(prompts)
-        raw = prompt_stats(texts)
-        self._stats_mean = raw.mean(axis=0)
-        self._stats_std = np.where(raw.std(axis=0) > 1e-6, raw.std(axis=0), 1.0).astype(np.float32)
-        self._sparse = SparseText(max_chars=self.max_chars).fit(texts) if self.sparse_text else None
+        self._fit_side_features(self._clip(prompts))
         self._fitted = True
         return self
 
     def transform(self, prompts: Sequence[str]) -> Features:
         if not getattr(self, "_fitted", False):
             raise RuntimeError("EmbeddingFeaturizer.transform before fit")
-        texts = self._clip(prompts)
-        emb = self.encoder.encode(list(prompts))
-        stats = (prompt_stats(texts) - self._stats_mean) / self._stats_std * self.stats_weight
-        sparse = getattr(self, "_sparse", None)   # predictors pickled before it existed lack it
-        return Features(embedding=emb, stats=stats.astype(np.float32),
-                        text=sparse.transform(texts) if sparse is not None else None)
+        return self._with_side_features(self.encoder.encode(list(prompts)), self._clip(prompts))
 
 
 class HybridFeaturizer(TextFeaturizer):

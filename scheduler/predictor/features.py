@@ -84,11 +84,22 @@ class TextFeaturizer:
         self._svd = TruncatedSVD(n_components=k, random_state=self.seed) if k >= 2 else None
         if self._svd is not None:
             self._svd.fit(x)
+        self._fit_side_features(texts)
+        return self
+
+    def _fit_side_features(self, texts: list[str]) -> None:
+        """Fit what rides beside the embedding: the statistics' scaling and the sparse n-grams."""
         raw = prompt_stats(texts)
         self._stats_mean = raw.mean(axis=0)
         self._stats_std = np.where(raw.std(axis=0) > 1e-6, raw.std(axis=0), 1.0).astype(np.float32)
         self._sparse = SparseText(max_chars=self.max_chars).fit(texts) if self.sparse_text else None
-        return self
+
+    def _with_side_features(self, embedding: np.ndarray, texts: list[str]) -> Features:
+        """``embedding`` with the standardised statistics (and the sparse n-grams, if kept)."""
+        stats = (prompt_stats(texts) - self._stats_mean) / self._stats_std * self.stats_weight
+        sparse = getattr(self, "_sparse", None)   # predictors pickled before it existed lack it
+        text = sparse.transform(texts) if sparse is not None else None
+        return Features(embedding=embedding, stats=stats.astype(np.float32), text=text)
 
     def transform(self, prompts: Sequence[str]) -> Features:
         if self._tfidf is None:
@@ -99,10 +110,7 @@ class TextFeaturizer:
         emb = np.asarray(emb, dtype=np.float32)
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         emb /= np.where(norms > 0, norms, 1.0)
-        stats = (prompt_stats(texts) - self._stats_mean) / self._stats_std * self.stats_weight
-        sparse = getattr(self, "_sparse", None)   # predictors pickled before it existed lack it
-        text = sparse.transform(texts) if sparse is not None else None
-        return Features(embedding=emb, stats=stats.astype(np.float32), text=text)
+        return self._with_side_features(emb, texts)
 
     def fit_transform(self, prompts: Sequence[str]) -> Features:
         return self.fit(prompts).transform(prompts)
