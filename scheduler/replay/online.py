@@ -104,9 +104,9 @@ class OnlineLearner:
             self.scores[:n0], self.tokens[:n0], self.prompt_tokens[:n0] = initial.scores, initial.output_tokens, initial.prompt_tokens
             self.cost[:n0] = realised_cost_usd(initial, prices, config.assumed_output_tokens)
             self.cost[:n0][np.isnan(initial.scores)] = np.nan
+        self.n0 = n0                # rows of the starting history (the warm start's train split)
         self.n = n0
         self.n_at_fit = 0
-        self.counts = np.zeros(m, dtype=np.int64)    # feedback labels gathered online (reported)
         self.predictor: Predictor | None = None
         self.fitted_cols: list[int] = []
         self.fits = 0
@@ -158,13 +158,16 @@ class OnlineLearner:
         pinned = np.full(len(p), NOT_PINNED)
         if self.exploration is not None:
             # as the tick counts: every label the learner holds, imported (warm start) or gathered online
-            known = (~np.isnan(self.scores[:self.n])).sum(axis=0)
-            pinned = self.exploration.pin(eligible, known.tolist(), self._rng)
+            pinned = self.exploration.pin(eligible, self.label_counts(0).tolist(), self._rng)
             eligible = restrict_to_pinned(eligible, pinned)
         assert self.config.alpha is not None
         margin = self.margin()
         pick = pol.ilp_policy(p, cost, min(1.0, self.config.alpha + margin), len(p), self.config.solver, eligible)
         return pick, p[np.arange(len(pick)), pick], pinned != NOT_PINNED, margin
+
+    def label_counts(self, since_row: int) -> np.ndarray:
+        """Observed outcomes per model in the history from row ``since_row`` on (``self.n0``: online only)."""
+        return (~np.isnan(self.scores[since_row:self.n])).sum(axis=0)
 
     # -- feedback ----------------------------------------------------------------------------
     def reveal(self, sl: slice, pick: np.ndarray, promised: np.ndarray, explored: np.ndarray) -> None:
@@ -183,7 +186,6 @@ class OnlineLearner:
             self.scores[r, j] = self.stream.scores[i, j]
             self.cost[r, j] = self.real_cost[i, j]
             self.tokens[r, j] = self.stream.output_tokens[i, j]
-            self.counts[j] += 1
             self.n += 1
 
     def adopt(self, other: OnlineLearner) -> None:
@@ -365,7 +367,7 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
         "min_fit_labels": config.min_fit_labels,
         "single_quality": dict(zip(models, single_q.tolist())),
         "single_cost_usd": dict(zip(models, single_c.tolist())),
-        "label_counts_online": {lr.name: dict(zip(models, lr.counts.tolist())) for lr in learners},
+        "label_counts_online": {lr.name: dict(zip(models, lr.label_counts(lr.n0).tolist())) for lr in learners},
         "last_fit_error": {lr.name: lr.last_fit_error for lr in learners if lr.last_fit_error},
         "total_s": time.perf_counter() - t0,
     }

@@ -106,7 +106,7 @@ def test_only_the_chosen_outcome_is_revealed() -> None:
         assert np.array_equal(hist[np.arange(25), pick], stream.scores[sl][np.arange(25), pick])
         assert np.isnan(learner.cost[start:start + 25][~observed]).all()
         seen_rows += 25
-        assert learner.n == seen_rows and learner.counts.sum() == seen_rows
+        assert learner.n == seen_rows and learner.label_counts(learner.n0).sum() == seen_rows
         learner.refit()
     assert learner.fits >= 1
     assert np.isnan(learner.scores[learner.n:]).all()                 # nothing beyond the arrivals so far
