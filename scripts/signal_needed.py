@@ -9,8 +9,8 @@ given cost share. For each separation d, per (job, model)
 
     z = logit(task rate) + d * (2 * score - 1) + N(0, 1),   p = Platt(z) fitted on those outcomes
 
-(Platt fitted on the test outcomes themselves: perfectly calibrated, so only discrimination
-varies). d = 0 is the task oracle; larger d ranks more of a model's right answers above its wrong
+(the predictors' own Platt calibrator, fitted on the test outcomes themselves: calibrated, so
+only discrimination varies). d = 0 is the task oracle; larger d ranks more of a model's right answers above its wrong
 ones inside each task. For each d the table prints the within-task ROC-AUC (mean over models,
 the same measure as the replay's ``auc_within_task``) and the reach-best cost share of the same
 windowed optimizer the replay runs. Compare the AUC a target needs with what the real predictor
@@ -23,26 +23,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scheduler.datasets import read_dataset
 from scheduler.datasets.costing import realised_cost_usd
-from scheduler.predictor.calibration import logit, within_task_auc
+from scheduler.predictor.calibration import Calibrator, logit, within_task_auc
 from scheduler.replay import policies as pol
 from scheduler.replay.report import make_point, reach_best
-from scheduler.replay.runner import _matrices, sweep_alphas
+from scheduler.replay.runner import split_matrices, sweep_alphas
 
 SEPARATIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-
-
-def platt(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-    hit = y >= 0.5
-    if hit.all() or not hit.any():
-        return np.full_like(z, hit.mean(), dtype=float)
-    model = LogisticRegression(C=1e6).fit(z[:, None], hit)
-    return model.predict_proba(z[:, None])[:, 1]
 
 
 def main() -> None:
@@ -52,7 +43,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     data = read_dataset(args.dataset)
-    _, test, _ = _matrices(data)
+    _, test, _ = split_matrices(data)
     n = len(test.ids)
     order = np.random.default_rng(args.seed).permutation(n)   # the replay's arrival order
     scores = test.scores[order]
@@ -70,7 +61,8 @@ def main() -> None:
     print(f"{'d':>5} {'within-task AUC':>16} {'reach-best':>11} {'within 0.01':>12}")
     for d in SEPARATIONS:
         z = base + d * (2 * scores - 1) + (noise if d > 0 else 0.0)
-        p = np.column_stack([platt(z[:, j], scores[:, j]) for j in range(scores.shape[1])])
+        raw = 1.0 / (1.0 + np.exp(-z))
+        p = Calibrator("platt").fit(raw, scores).transform(raw)   # the predictors' own calibration
         auc = np.nanmean([within_task_auc(p[:, j], scores[:, j], tasks) for j in range(scores.shape[1])])
         points = []
         for alpha in alphas:

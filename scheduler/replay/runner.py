@@ -53,7 +53,8 @@ def sweep_alphas(single_qualities: Sequence[float], oracle_quality: float, step:
     return sorted({round(float(a), 4) for a in grid} | {round(float(max(single_qualities)), 4)})
 
 
-def _matrices(dataset: OutcomeDataset) -> tuple[OutcomeMatrix, OutcomeMatrix, int]:
+def split_matrices(dataset: OutcomeDataset) -> tuple[OutcomeMatrix, OutcomeMatrix, int]:
+    """(train, the test rows observed on every model, how many test rows were dropped)."""
     models = dataset.models
     train = OutcomeMatrix.from_records(dataset.split(Split.TRAIN), models)
     test_all = OutcomeMatrix.from_records(dataset.split(Split.TEST), models)
@@ -68,7 +69,7 @@ def _matrices(dataset: OutcomeDataset) -> tuple[OutcomeMatrix, OutcomeMatrix, in
 def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress | None = None) -> ReplayReport:
     """Run every policy on ``dataset``'s test split and return the report (see module doc)."""
     t0 = time.perf_counter()
-    train, test, dropped = _matrices(dataset)
+    train, test, dropped = split_matrices(dataset)
     n, m = test.scores.shape
     order = np.random.default_rng(config.seed).permutation(n) if config.shuffle else np.arange(n)
     scores = test.scores[order]
