@@ -30,7 +30,8 @@ from scheduler.datasets import read_dataset
 from scheduler.datasets.costing import realised_cost_usd
 from scheduler.predictor.calibration import Calibrator, logit, within_task_auc
 from scheduler.replay import policies as pol
-from scheduler.replay.report import make_point, reach_best
+from scheduler.replay.frontier import refine_crossing
+from scheduler.replay.report import ALPHA_TOLERANCE, PolicyPoint, make_point, reach_best
 from scheduler.replay.runner import split_matrices, sweep_alphas
 
 SEPARATIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
@@ -64,12 +65,16 @@ def main() -> None:
         raw = 1.0 / (1.0 + np.exp(-z))
         p = Calibrator("platt").fit(raw, scores).transform(raw)   # the predictors' own calibration
         auc = np.nanmean([within_task_auc(p[:, j], scores[:, j], tasks) for j in range(scores.shape[1])])
-        points = []
-        for alpha in alphas:
+
+        def at_alpha(alpha: float, p: np.ndarray = p) -> PolicyPoint:
             pick = pol.ilp_policy(p, cost, alpha, args.window, pol.SolverChoice())
-            points.append(make_point(alpha, float(scores[rows, pick].mean()), float(cost[rows, pick].sum()), best_cost))
-        share = reach_best(points, float(quality[best]))
-        near = reach_best(points, float(quality[best]) - 0.01)
+            return make_point(alpha, float(scores[rows, pick].mean()), float(cost[rows, pick].sum()), best_cost)
+
+        points = [at_alpha(alpha) for alpha in alphas]
+        lines = (float(quality[best]), float(quality[best]) - ALPHA_TOLERANCE)
+        for line in lines:   # bisect the crossing as the replay does
+            points += refine_crossing(at_alpha, points, line)
+        share, near = (reach_best(points, line) for line in lines)
         fmt = lambda x: f"{x:.1%}" if x is not None else "-"
         print(f"{d:>5.2f} {auc:>16.3f} {fmt(share):>11} {fmt(near):>12}", flush=True)
 

@@ -39,6 +39,9 @@ def replay(
     time_limit_s: Annotated[float, typer.Option(min=0.01, help="Solver time limit per window.")] = 10.0,
     shuffle: Annotated[bool, typer.Option("--shuffle/--file-order", help="Arrival order of test jobs.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for arrival order, random policy and CV folds.")] = 0,
+    refine_steps: Annotated[int, typer.Option(min=0, max=20, help="Bisection steps on alpha where each policy's "
+                                                                 "curve first reaches the best model (0 = the "
+                                                                 "swept alphas only).")] = 6,
     online: Annotated[bool, typer.Option("--online", help="Learn online from bandit feedback on the test "
                                                           "stream, starting from the train split.")] = False,
     cold: Annotated[bool, typer.Option("--cold", help="Online, starting with no training data at all.")] = False,
@@ -89,7 +92,7 @@ def replay(
         solver=SolverChoice(method, backend, time_limit_s),
         eccos_solver=SolverChoice("exact", "cbc", time_limit_s),
         assumed_output_tokens=assumed_output_tokens, margin=margin, use_tasks=use_task,
-        shuffle=shuffle, seed=seed,
+        shuffle=shuffle, seed=seed, refine_steps=refine_steps,
     )
     err = Console(stderr=True)
     try:

@@ -9,6 +9,7 @@ within ``ALPHA_TOLERANCE``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,18 +46,20 @@ class ReplayReport:
     area_under_curve: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
-    def summarise(self, single_models: list[str]) -> None:
+    def summarise(self, single_models: list[str], judged_alphas: Sequence[float] | None = None) -> None:
         """Fill reach_best, alpha_met_rate and area_under_curve from the points.
 
         Every policy's curve starts at the cheapest single model's point (any policy can route
-        everything there), so the areas compare what each adds above that floor.
+        everything there), so the areas compare what each adds above that floor. Alpha-met is
+        judged at ``judged_alphas`` (the sweep's grid: the same alphas for every policy, not the
+        extra points a bisection added) or, if None, at every point's alpha.
         """
         best = self.best_single.quality
         floor = min((self.policies[m][0] for m in single_models), key=lambda p: p.cost_usd)
         for name, points in self.policies.items():
             self.reach_best[name] = reach_best(points, best)
             self.reach_best_within_tolerance[name] = reach_best(points, best - ALPHA_TOLERANCE)
-            self.alpha_met_rate[name] = alpha_met_rate(points, best)
+            self.alpha_met_rate[name] = alpha_met_rate(points, best, judged_alphas)
             self.area_under_curve[name] = area_under_curve([*points, floor])
 
     def to_json(self) -> dict[str, Any]:
@@ -78,9 +81,13 @@ def reach_best(points: list[PolicyPoint], best_quality: float) -> float | None:
     return min(shares) if shares else None
 
 
-def alpha_met_rate(points: list[PolicyPoint], best_quality: float) -> float | None:
-    """Share of the points with alpha <= ``best_quality`` whose realised quality met alpha."""
-    judged = [p.alpha_met for p in points if p.alpha is not None and p.alpha <= best_quality + 1e-9]
+def alpha_met_rate(points: list[PolicyPoint], best_quality: float,
+                   judged_alphas: Sequence[float] | None = None) -> float | None:
+    """Share of the points with alpha <= ``best_quality`` (and in ``judged_alphas``, if given) whose
+    realised quality met alpha."""
+    allowed = None if judged_alphas is None else set(judged_alphas)
+    judged = [p.alpha_met for p in points if p.alpha is not None and p.alpha <= best_quality + 1e-9
+              and (allowed is None or p.alpha in allowed)]
     return sum(bool(m) for m in judged) / len(judged) if judged else None
 
 

@@ -20,8 +20,9 @@ from scheduler.errors import InvalidRequest
 from scheduler.predictor import Prediction, Predictor, calibration_report, make_predictor
 from scheduler.replay import policies as pol
 from scheduler.replay.costs import decision_cost_usd
+from scheduler.replay.frontier import DEFAULT_REFINE_STEPS, refine_crossing
 from scheduler.replay.margin import DEFAULT_Z, SafetyMargin, cross_validated_bias
-from scheduler.replay.report import BestSingle, PolicyPoint, ReplayReport, make_point
+from scheduler.replay.report import ALPHA_TOLERANCE, BestSingle, PolicyPoint, ReplayReport, make_point
 
 Progress = Callable[[str, int, int], None]   # (what is running now, steps done, steps in all)
 
@@ -44,9 +45,13 @@ class ReplayConfig:
     use_tasks: bool = True    # give the predictors each job's task label (ECCOS-R ignores it)
     shuffle: bool = True
     seed: int = 0
+    refine_steps: int = DEFAULT_REFINE_STEPS   # bisection steps where a curve first reaches the best model (frontier.py)
 
 
-def sweep_alphas(single_qualities: Sequence[float], oracle_quality: float, step: float = 0.005) -> list[float]:
+ALPHA_STEP = 0.005
+
+
+def sweep_alphas(single_qualities: Sequence[float], oracle_quality: float, step: float = ALPHA_STEP) -> list[float]:
     """Alphas from the worst single model's quality to the oracle's, plus the best model's exactly."""
     lo = np.floor(min(single_qualities) / step) * step
     grid = np.arange(lo, oracle_quality + 1e-9, step)
@@ -135,27 +140,44 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
 
     tasks_in_order = [test.tasks[i] for i in order]
     test_task_rates = pol.task_rates(scores, tasks_in_order)
-    policies["task-oracle"], policies["eccos-r-rule"], policies["eccos-ilp"], policies["switchyard"] = [], [], [], []
+    routers: dict[str, Callable[[float], np.ndarray]] = {   # alpha -> chosen model per job
+        "oracle": lambda a: pol.ilp_policy(scores, real_cost, a, config.window, config.solver),
+        "task-oracle": lambda a: pol.ilp_policy(test_task_rates, real_cost, a, config.window, config.solver),
+        "eccos-r-rule": lambda a: pol.eccos_rule(eccos.p_success, cost_eccos, a),
+        "eccos-ilp": lambda a: pol.ilp_policy(eccos.p_success, cost_eccos, a, config.window, config.eccos_solver),
+        "switchyard": lambda a: pol.ilp_policy(
+            ours.p_success, cost_ours, min(a + margin(a), 1.0), config.window, config.solver),
+    }
+
+    def curve(route: Callable[[float], np.ndarray]) -> Callable[[float], PolicyPoint]:
+        return lambda alpha: point(alpha, route(alpha))
+
+    curves = {name: curve(route) for name, route in routers.items()}
+    if config.refine_steps:
+        total_steps += len(curves)
+    for name in curves:
+        policies.setdefault(name, [])
     for alpha in alphas:
-        policies["oracle"].append(point(alpha, pol.ilp_policy(scores, real_cost, alpha, config.window, config.solver)))
-        policies["task-oracle"].append(
-            point(alpha, pol.ilp_policy(test_task_rates, real_cost, alpha, config.window, config.solver)))
-        policies["eccos-r-rule"].append(point(alpha, pol.eccos_rule(eccos.p_success, cost_eccos, alpha)))
-        policies["eccos-ilp"].append(
-            point(alpha, pol.ilp_policy(eccos.p_success, cost_eccos, alpha, config.window, config.eccos_solver)))
-        target = min(alpha + margin(alpha), 1.0)
-        policies["switchyard"].append(
-            point(alpha, pol.ilp_policy(ours.p_success, cost_ours, target, config.window, config.solver)))
+        for name, at_alpha in curves.items():
+            policies[name].append(at_alpha(alpha))
         say(f"alpha {alpha:.3f}", 1)
+    if config.refine_steps:
+        for name, at_alpha in curves.items():
+            for line in (best.quality, best.quality - ALPHA_TOLERANCE):
+                policies[name] += refine_crossing(at_alpha, policies[name], line, config.refine_steps)
+            policies[name].sort(key=lambda p: -1.0 if p.alpha is None else p.alpha)
+            say(f"bisecting where {name} reaches the best model", 1)
 
     report = ReplayReport(
         dataset=dataset.name, n_train=len(train.ids), n_test=n, best_single=best, policies=policies,
     )
-    report.summarise(list(test.models))
+    report.summarise(list(test.models), judged_alphas=alphas)
     report.details = {
         "predictor": config.predictor,
         "predictor_params": _jsonable(fits[config.predictor].params()),
         "window": config.window,
+        "sweep_step": None if config.alphas else ALPHA_STEP,
+        "refine_steps": config.refine_steps,
         "use_tasks": config.use_tasks,
         "solver": vars(config.solver),
         "eccos_solver": vars(config.eccos_solver),

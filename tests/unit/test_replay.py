@@ -23,8 +23,23 @@ ALPHAS = (0.72, 0.78, 0.84)
 
 @pytest.fixture(scope="module")
 def report_json() -> dict:
-    report = run_replay(read_dataset(SAMPLE), ReplayConfig(alphas=ALPHAS, window=64, margin="noise"))
+    report = run_replay(read_dataset(SAMPLE), ReplayConfig(alphas=ALPHAS, window=64, margin="noise", refine_steps=0))
     return report.to_json()
+
+
+def test_bisection_adds_real_points_between_the_alphas_and_only_lowers_reach_best(report_json: dict) -> None:
+    refined = run_replay(read_dataset(SAMPLE), ReplayConfig(alphas=ALPHAS, window=64, margin="noise",
+                                                            refine_steps=3)).to_json()
+    for name in ("oracle", "task-oracle", "switchyard"):
+        grid = [p for p in report_json["policies"][name] if p["alpha"] is not None]
+        points = [p for p in refined["policies"][name] if p["alpha"] is not None]
+        assert [p for p in points if p["alpha"] in ALPHAS] == grid       # the swept points are untouched
+        extra = [p["alpha"] for p in points if p["alpha"] not in ALPHAS]
+        assert all(ALPHAS[0] < a < ALPHAS[-1] for a in extra)
+        if report_json["reach_best"][name] is not None:
+            assert refined["reach_best"][name] <= report_json["reach_best"][name]
+        assert refined["alpha_met_rate"][name] == report_json["alpha_met_rate"][name]   # judged on ALPHAS only
+    assert any(p["alpha"] not in ALPHAS for p in refined["policies"]["oracle"] if p["alpha"] is not None)
 
 
 def test_json_has_the_issue_shape(report_json: dict) -> None:
@@ -111,6 +126,7 @@ def test_report_summaries() -> None:
            PolicyPoint(0.9, 0.85, 4.0, 0.8, False)]
     assert reach_best(pts, 0.78) == 0.4 and reach_best(pts, 0.9) is None
     assert alpha_met_rate(pts, 0.85) == pytest.approx(2 / 2) and alpha_met_rate(pts, 0.95) == pytest.approx(2 / 3)
+    assert alpha_met_rate(pts, 0.95, judged_alphas=[0.7, 0.9]) == pytest.approx(1 / 2)   # the grid, not extra points
     assert area_under_curve(pts) == pytest.approx(0.71 * 0.2 + 0.78 * 0.4 + 0.85 * 0.2)
     grid = sweep_alphas([0.63, 0.873], 0.95)
     assert grid[0] == pytest.approx(0.63) and 0.873 in grid and grid[-1] <= 0.95
