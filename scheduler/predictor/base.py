@@ -18,7 +18,7 @@ import numpy as np
 
 from scheduler.errors import InvalidRequest, SwitchyardError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: SparseText holds one vectorizer, not a list
 _MAGIC = "switchyard-predictor"
 
 

@@ -43,37 +43,31 @@ class SparseText:
     def __init__(self, max_chars: int = 2_000, max_word_features: int = 100_000) -> None:
         self.max_chars = max_chars
         self.max_word_features = max_word_features
-        self._vectorizers: list[TfidfVectorizer] = []
+        self._vectorizer: TfidfVectorizer | None = None   # None: no vocabulary (see fit)
 
     def _clip(self, prompts: Sequence[str]) -> list[str]:
         return [p[-self.max_chars:] or " " for p in prompts]
 
     def fit(self, prompts: Sequence[str]) -> SparseText:
         texts = self._clip(prompts)
-        min_df = 2 if len(texts) >= 50 else 1
-        max_df = 0.95 if len(texts) >= 50 else 1.0
-        candidates = [
-            TfidfVectorizer(sublinear_tf=True, min_df=min_df, max_df=max_df, ngram_range=(1, 2),
-                            max_features=self.max_word_features, dtype=np.float32),
-        ]
-        self._vectorizers = []
-        for vec in candidates:
-            try:
-                vec.fit(texts)
-            except ValueError:  # empty vocabulary (e.g. only punctuation, or too few prompts)
-                continue
-            vec.stop_words_ = None   # the dropped terms: only introspection needs them; keeps pickles small
-            self._vectorizers.append(vec)
+        few = len(texts) < 50
+        vec = TfidfVectorizer(sublinear_tf=True, min_df=1 if few else 2, max_df=1.0 if few else 0.95,
+                              ngram_range=(1, 2), max_features=self.max_word_features, dtype=np.float32)
+        try:
+            vec.fit(texts)
+        except ValueError:  # empty vocabulary (e.g. only punctuation, or too few prompts)
+            self._vectorizer = None
+            return self
+        vec.stop_words_ = None   # the dropped terms: only introspection needs them; keeps pickles small
+        self._vectorizer = vec
         return self
 
     def transform(self, prompts: Sequence[str]) -> sp.csr_matrix:
+        """(N, vocabulary) with unit rows; (N, 0) when fit found no vocabulary."""
         texts = self._clip(prompts)
-        if not self._vectorizers:
+        if self._vectorizer is None:
             return sp.csr_matrix((len(texts), 0), dtype=np.float32)
-        # each block has unit rows; dividing by sqrt(blocks) keeps the whole row at unit norm
-        blocks = [vec.transform(texts) for vec in self._vectorizers]
-        x = sp.hstack(blocks, format="csr", dtype=np.float32)
-        return x * np.float32(1.0 / np.sqrt(len(blocks)))
+        return sp.csr_matrix(self._vectorizer.transform(texts), dtype=np.float32)
 
 
 def _fit_logistic(x: sp.csr_matrix, y: np.ndarray, offset: np.ndarray, lam: float,

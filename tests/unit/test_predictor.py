@@ -189,6 +189,18 @@ def test_sparse_ngram_models_see_within_task_words() -> None:
     assert abs(sum(weights.values()) - 1.0) < 1e-9
 
 
+def test_prompts_without_words_fall_back_to_the_task_rate() -> None:
+    """Punctuation-only prompts give TF-IDF no vocabulary: the n-gram models see an empty matrix
+    and the predictor still learns each task's rate instead of failing."""
+    tasks = ["a", "b"] * 40
+    prompts = ["?!" if t == "a" else "..." for t in tasks]
+    scores = np.array([[1.0, 0.0] if t == "a" else [0.0, 1.0] for t in tasks])
+    pred = make_predictor("switchyard").fit(prompts, scores, None, ["m0", "m1"], tasks=tasks)
+    out = pred.predict(["?!", "..."], tasks=["a", "b"]).p_success
+    assert np.all((out >= 0) & (out <= 1))
+    assert out[0, 0] > out[1, 0] and out[1, 1] > out[0, 1]
+
+
 def test_blend_weights_pick_the_better_component() -> None:
     from scheduler.predictor.calibrated import blend_weights, simplex_grid
 
