@@ -40,6 +40,7 @@ class Learner:
         self.labels = LabelStore(db)
         self.versions = PredictorVersions(settings.predictor_dir)
         self._loaded: tuple[str, Predictor] | None = None
+        self._unreadable: str | None = None   # the newest version, when it could not be loaded
         self._last_fit_at: dt.datetime | None = None
         self._fitting: threading.Thread | None = None
         self._cache = PredictionCache(max_jobs=4 * settings.window_max_jobs)
@@ -47,11 +48,13 @@ class Learner:
     def predictor(self) -> FleetPredictor:
         """The newest fitted version (reloaded only when a new one appears), adapted to the fleet."""
         version = self.versions.latest()
-        if version is not None and (self._loaded is None or self._loaded[0] != version):
+        current = self._loaded[0] if self._loaded else None
+        if version is not None and version not in (current, self._unreadable):
             try:
                 self._loaded = (version, self.versions.load(version))
                 log.info("predictor version %s loaded", version)
-            except PredictorError as exc:
+            except PredictorError as exc:   # e.g. written by an older format: said once, not every tick
+                self._unreadable = version
                 log.warning("keeping the previous predictor: %s", exc)
         fitted = self._loaded[1] if self._loaded else None
         return FleetPredictor(self.fleet, fitted, self._loaded[0] if self._loaded else None, self._cache)

@@ -159,3 +159,22 @@ def test_pending_jobs_are_scored_between_ticks_once(pg_db: Database, fleet: Flee
     assert scheduler.prescore() == 0                    # already in the cache
     register_workers(pg_db, fleet.names, now)
     assert len(scheduler.tick().plan.assignments) == 2
+
+
+def test_an_unreadable_version_falls_back_once_and_a_refit_replaces_it(
+        pg_db: Database, fleet: Fleet, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A predictor file from an older format (or a damaged one) must not stop scheduling: the
+    learner keeps what it has (here the fleet priors), says so once, and the next fit takes over."""
+    now = utcnow()
+    settings = make_settings(pg_db.url, predictor_dir=tmp_path / "p", predictor_kind="eccos-r",
+                             exploration_target_labels=0)
+    seed_history(pg_db, now)
+    learner = Learner(settings, pg_db, fleet)
+    learner.versions.directory.mkdir(parents=True)
+    learner.versions.path("20000101T000000000000Z").write_bytes(b"written by another format")
+    with caplog.at_level("WARNING", logger="scheduler.learning.learner"):
+        for _ in range(3):                                   # three ticks
+            assert learner.predictor().fitted is None
+    assert sum("keeping the previous predictor" in r.getMessage() for r in caplog.records) == 1
+    version = learner.refit(now)
+    assert learner.predictor().version == version and learner.predictor().fitted is not None
