@@ -150,7 +150,14 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
     }
 
     def curve(route: Callable[[float], np.ndarray]) -> Callable[[float], PolicyPoint]:
-        return lambda alpha: point(alpha, route(alpha))
+        """The policy's point at an alpha, each alpha routed once (the two bisections may share)."""
+        routed: dict[float, PolicyPoint] = {}
+
+        def at_alpha(alpha: float) -> PolicyPoint:
+            if alpha not in routed:
+                routed[alpha] = point(alpha, route(alpha))
+            return routed[alpha]
+        return at_alpha
 
     curves = {name: curve(route) for name, route in routers.items()}
     if config.refine_steps:
@@ -164,7 +171,8 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
     if config.refine_steps:
         for name, at_alpha in curves.items():
             for line in (best.quality, best.quality - ALPHA_TOLERANCE):
-                policies[name] += refine_crossing(at_alpha, policies[name], line, config.refine_steps)
+                added = refine_crossing(at_alpha, policies[name], line, config.refine_steps)
+                policies[name] += [p for p in added if p not in policies[name]]
             policies[name].sort(key=lambda p: -1.0 if p.alpha is None else p.alpha)
             say(f"bisecting where {name} reaches the best model", 1)
 

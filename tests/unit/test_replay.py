@@ -35,6 +35,7 @@ def test_bisection_adds_real_points_between_the_alphas_and_only_lowers_reach_bes
         points = [p for p in refined["policies"][name] if p["alpha"] is not None]
         assert [p for p in points if p["alpha"] in ALPHAS] == grid       # the swept points are untouched
         extra = [p["alpha"] for p in points if p["alpha"] not in ALPHAS]
+        assert len({p["alpha"] for p in points}) == len(points)          # each alpha routed and listed once
         assert all(ALPHAS[0] < a < ALPHAS[-1] for a in extra)
         if report_json["reach_best"][name] is not None:
             assert refined["reach_best"][name] <= report_json["reach_best"][name]
