@@ -51,7 +51,7 @@ def main() -> None:
     cost = realised_cost_usd(test, data.prices)[order]
     tasks = [test.tasks[i] for i in order]
     quality = scores.mean(axis=0)
-    best = int(np.argmax(quality))
+    best = pol.best_single_model(quality, cost.sum(axis=0))
     best_cost = float(cost[:, best].sum())
     rows = np.arange(n)
     alphas = sweep_alphas(quality.tolist(), float(scores[rows, pol.oracle_best(scores, cost)].mean()))

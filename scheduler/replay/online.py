@@ -253,7 +253,7 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
     single_q, single_c = scores.mean(axis=0), real_cost.sum(axis=0)
     alpha = config.alpha if config.alpha is not None else default_alpha(single_q, single_c)
     alpha_rule = "given" if config.alpha is not None else "midpoint of the cheapest and the best single model's quality"
-    jb = int(np.argmax(single_q))
+    jb = pol.best_single_model(single_q, single_c)
     meets = np.flatnonzero(single_q >= alpha - 1e-12)
     js = int(meets[np.argmin(single_c[meets])]) if meets.size else jb
     best_cost_per_job = real_cost[:, jb]

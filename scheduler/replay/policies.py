@@ -78,6 +78,13 @@ def oracle_best(scores: np.ndarray, realised_cost: np.ndarray) -> np.ndarray:
     return np.argmin(np.where(best, realised_cost, np.inf), axis=1)
 
 
+def best_single_model(quality: np.ndarray, cost_usd: np.ndarray) -> int:
+    """The model a user would pick without routing: the highest realised quality, the cheapest
+    among equals (so the cost shares are not measured against a needlessly dear model)."""
+    top = np.flatnonzero(quality >= quality.max() - 1e-12)
+    return int(top[np.argmin(cost_usd[top])])
+
+
 def task_rates(scores: np.ndarray, tasks: list[str]) -> np.ndarray:
     """(N, M): each row's task's mean realised score per model -- what ``task-oracle`` routes on."""
     labels, task_index = np.unique(np.asarray(tasks, dtype=object), return_inverse=True)

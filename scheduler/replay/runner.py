@@ -83,7 +83,7 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
 
     single_q = scores.mean(axis=0)
     single_c = real_cost.sum(axis=0)
-    jb = int(np.argmax(single_q))
+    jb = pol.best_single_model(single_q, single_c)
     best = BestSingle(test.models[jb], float(single_q[jb]), float(single_c[jb]))
     oracle_pick = pol.oracle_best(scores, real_cost)
     oracle_q = float(scores[rows, oracle_pick].mean())

@@ -14,7 +14,7 @@ from scheduler.cli.replay_cmd import register
 from scheduler.datasets import ModelPrice, Outcome, OutcomeMatrix, OutcomeRecord, Split, read_dataset
 from scheduler.replay import ReplayConfig, run_replay, sweep_alphas
 from scheduler.replay.costs import decision_cost_usd
-from scheduler.replay.policies import eccos_rule, oracle_best, task_rates
+from scheduler.replay.policies import best_single_model, eccos_rule, oracle_best, task_rates
 from scheduler.replay.report import PolicyPoint, alpha_met_rate, area_under_curve, reach_best
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mmlu_sample.jsonl"
@@ -120,6 +120,11 @@ def test_query_oracle_beats_the_task_oracle(report_json: dict) -> None:
     assert reach["oracle"] <= reach["task-oracle"]
     top = {name: max(p["quality"] for p in report_json["policies"][name]) for name in ("task-oracle", "oracle")}
     assert top["task-oracle"] <= top["oracle"]
+
+
+def test_best_single_model_is_the_cheapest_of_the_best() -> None:
+    assert best_single_model(np.array([0.8, 0.9, 0.9]), np.array([1.0, 5.0, 2.0])) == 2
+    assert best_single_model(np.array([0.0, 0.0]), np.array([3.0, 1.0])) == 1      # nobody right: the cheap one
 
 
 def test_report_summaries() -> None:
