@@ -71,7 +71,7 @@ class Learner:
         more, the outcomes the loaded predictor was fitted on (an imported dataset counts; the
         larger of the two, since a fit on history includes the feedback it had then)."""
         feedback = self.labels.counts_by_model()
-        fitted_on = getattr(self._loaded[1], "label_counts", {}) if self._loaded else {}
+        fitted_on = self._loaded[1].label_counts if self._loaded else {}
         counts = tuple(max(feedback.get(name, 0), fitted_on.get(name, 0)) for name in self.fleet.names)
         gap = 0.0
         if self.settings.promise_check_labels > 0:

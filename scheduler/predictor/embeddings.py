@@ -263,6 +263,7 @@ class EmbeddingFeaturizer(TextFeaturizer):
         super().__init__(stats_weight=stats_weight, max_chars=max_chars, seed=seed, sparse_text=sparse_text)
         self.dim = DIMENSION
         self.encoder = encoder if encoder is not None else SentenceEncoder(max_tokens=max_tokens)
+        self._fitted = False
 
     def fit(self, prompts: Sequence[str]) -> EmbeddingFeaturizer:
         self._fit_side_features(self._clip(prompts))
@@ -270,7 +271,7 @@ class EmbeddingFeaturizer(TextFeaturizer):
         return self
 
     def transform(self, prompts: Sequence[str]) -> Features:
-        if not getattr(self, "_fitted", False):
+        if not self._fitted:
             raise RuntimeError("EmbeddingFeaturizer.transform before fit")
         return self._with_side_features(self.encoder.encode(list(prompts)), self._clip(prompts))
 

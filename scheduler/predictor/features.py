@@ -97,8 +97,7 @@ class TextFeaturizer:
     def _with_side_features(self, embedding: np.ndarray, texts: list[str]) -> Features:
         """``embedding`` with the standardised statistics (and the sparse n-grams, if kept)."""
         stats = (prompt_stats(texts) - self._stats_mean) / self._stats_std * self.stats_weight
-        sparse = getattr(self, "_sparse", None)   # predictors pickled before it existed lack it
-        text = sparse.transform(texts) if sparse is not None else None
+        text = self._sparse.transform(texts) if self._sparse is not None else None
         return Features(embedding=embedding, stats=stats.astype(np.float32), text=text)
 
     def transform(self, prompts: Sequence[str]) -> Features:
