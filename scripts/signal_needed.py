@@ -30,7 +30,7 @@ from scheduler.datasets import read_dataset
 from scheduler.datasets.costing import realised_cost_usd
 from scheduler.predictor.calibration import Calibrator, logit, within_task_auc
 from scheduler.replay import policies as pol
-from scheduler.replay.frontier import refine_crossing
+from scheduler.replay.frontier import refine_reach_best
 from scheduler.replay.report import ALPHA_TOLERANCE, PolicyPoint, make_point, reach_best
 from scheduler.replay.runner import split_matrices, sweep_alphas
 
@@ -71,10 +71,9 @@ def main() -> None:
             return make_point(alpha, float(scores[rows, pick].mean()), float(cost[rows, pick].sum()), best_cost)
 
         points = [at_alpha(alpha) for alpha in alphas]
-        lines = (float(quality[best]), float(quality[best]) - ALPHA_TOLERANCE)
-        for line in lines:   # bisect the crossing as the replay does
-            points += refine_crossing(at_alpha, points, line)
-        share, near = (reach_best(points, line) for line in lines)
+        points += refine_reach_best(at_alpha, points, float(quality[best]))   # as the replay does
+        share = reach_best(points, float(quality[best]))
+        near = reach_best(points, float(quality[best]) - ALPHA_TOLERANCE)
         fmt = lambda x: f"{x:.1%}" if x is not None else "-"
         print(f"{d:>5.2f} {auc:>16.3f} {fmt(share):>11} {fmt(near):>12}", flush=True)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from scheduler.replay.report import PolicyPoint
+from scheduler.replay.report import ALPHA_TOLERANCE, PolicyPoint
 
 DEFAULT_REFINE_STEPS = 6     # 0.005 / 2**6 ~ 0.0001 of alpha: below one query of MMLU's 4,297
 
@@ -44,3 +44,13 @@ def refine_crossing(evaluate: Callable[[float], PolicyPoint], points: list[Polic
         else:
             lo = mid
     return evaluated
+
+
+def refine_reach_best(evaluate: Callable[[float], PolicyPoint], points: list[PolicyPoint], best_quality: float,
+                      steps: int = DEFAULT_REFINE_STEPS) -> list[PolicyPoint]:
+    """The points to add so that ``reach_best`` and its within-tolerance variant are read at the
+    bisected crossings (``best_quality`` and ``best_quality - ALPHA_TOLERANCE``), each once."""
+    added: list[PolicyPoint] = []
+    for line in (best_quality, best_quality - ALPHA_TOLERANCE):
+        added += [p for p in refine_crossing(evaluate, points + added, line, steps) if p not in points + added]
+    return added

@@ -20,9 +20,9 @@ from scheduler.errors import InvalidRequest
 from scheduler.predictor import Prediction, Predictor, calibration_report, make_predictor
 from scheduler.replay import policies as pol
 from scheduler.replay.costs import decision_cost_usd
-from scheduler.replay.frontier import DEFAULT_REFINE_STEPS, refine_crossing
+from scheduler.replay.frontier import DEFAULT_REFINE_STEPS, refine_reach_best
 from scheduler.replay.margin import DEFAULT_Z, SafetyMargin, cross_validated_bias
-from scheduler.replay.report import ALPHA_TOLERANCE, BestSingle, PolicyPoint, ReplayReport, make_point
+from scheduler.replay.report import BestSingle, PolicyPoint, ReplayReport, make_point
 
 Progress = Callable[[str, int, int], None]   # (what is running now, steps done, steps in all)
 
@@ -170,9 +170,7 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
         say(f"alpha {alpha:.3f}", 1)
     if config.refine_steps:
         for name, at_alpha in curves.items():
-            for line in (best.quality, best.quality - ALPHA_TOLERANCE):
-                added = refine_crossing(at_alpha, policies[name], line, config.refine_steps)
-                policies[name] += [p for p in added if p not in policies[name]]
+            policies[name] += refine_reach_best(at_alpha, policies[name], best.quality, config.refine_steps)
             policies[name].sort(key=lambda p: -1.0 if p.alpha is None else p.alpha)
             say(f"bisecting where {name} reaches the best model", 1)
 
