@@ -41,6 +41,34 @@ class Settings(BaseSettings):
     window_max_jobs: int = Field(
         default=10_000, ge=1, le=1_000_000, description="Most pending jobs one tick claims and plans."
     )
+    window_headroom: float = Field(
+        default=4.0, ge=1.0, le=1000.0,
+        description="A tick plans about this many times the fleet's free capacity (within window_min_jobs.."
+        "window_max_jobs): enough choice for a cheap plan, never work proportional to the whole backlog.",
+    )
+    window_min_jobs: int = Field(
+        default=64, ge=1, le=1_000_000,
+        description="Smallest window a tick plans, even when the fleet is full (so waiting jobs get a reason).",
+    )
+    max_pending_s: float = Field(
+        default=86_400.0, gt=0, le=366 * 86_400,
+        description="A job still pending this long after submission ends 'expired' with its last reason "
+        "(a job or batch may set its own max_pending_s).",
+    )
+    decision_retention_s: float = Field(
+        default=7 * 86_400.0, gt=0,
+        description="Decision history (the decisions and ticks tables) older than this is pruned by the scheduler.",
+    )
+    broker_audit_interval_s: float = Field(
+        default=15.0, gt=0, le=3600,
+        description="How often the scheduler checks that queued jobs' messages are still on the broker; a "
+        "message missing at two checks in a row (lost in a broker restart) is re-planned at once.",
+    )
+    outage_retry_max_s: float = Field(
+        default=4.0, gt=0, le=300,
+        description="Longest wait between the scheduler's retries while the database or broker is down "
+        "(it backs off from tick_interval_s up to this, and never exits on an outage).",
+    )
     plan_horizon_s: float = Field(
         default=30.0, gt=0, le=86_400,
         description="Seconds of work the tick queues ahead per live worker slot (sizes each model's capacity).",

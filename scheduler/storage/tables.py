@@ -8,7 +8,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
-    JSON, Boolean, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+    JSON, Boolean, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -46,6 +46,9 @@ def prompt_text(prompt: str | None, messages: list[dict[str, Any]] | None) -> st
     return prompt if prompt is not None else "\n".join(m["content"] for m in messages or [])
 
 
+PENDING_ONLY = text("status = 'pending'")
+
+
 class Job(Base):
     """One prompt and everything that happens to it."""
 
@@ -56,6 +59,10 @@ class Job(Base):
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
         Index("ix_jobs_owner_created_at", "owner", "created_at"),
         Index("ix_jobs_scored_at", "scored_at"),
+        # The tick's window sources read pending jobs by nearest deadline and by expiry; partial
+        # indexes keep those reads proportional to the window, not to the jobs table.
+        Index("ix_jobs_pending_deadline_at", "deadline_at", postgresql_where=PENDING_ONLY, sqlite_where=PENDING_ONLY),
+        Index("ix_jobs_pending_expires_at", "expires_at", postgresql_where=PENDING_ONLY, sqlite_where=PENDING_ONLY),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -95,6 +102,9 @@ class Job(Base):
     cost_usd: Mapped[float | None] = mapped_column(Float)
     latency_s: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    # What Switchyard changed or noticed while storing this job (e.g. characters the database
+    # cannot hold were removed from its output), so nothing is altered silently.
+    notes: Mapped[str | None] = mapped_column(Text)
     # The outcome label the predictor learns from: a grade against the reference, or feedback.
     reference: Mapped[str | None] = mapped_column(Text)
     grader: Mapped[str | None] = mapped_column(String(16))
@@ -102,6 +112,8 @@ class Job(Base):
     score_source: Mapped[str | None] = mapped_column(String(16))
     scored_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime]
+    # A job still pending at this time ends ``expired`` with its last reason (max_pending).
+    expires_at: Mapped[dt.datetime | None]
     updated_at: Mapped[dt.datetime]
     queued_at: Mapped[dt.datetime | None]
     started_at: Mapped[dt.datetime | None]
@@ -138,9 +150,13 @@ class WorkerHeartbeat(Base):
 
 
 class Decision(Base):
-    """One scheduling decision for one job in one tick: assigned to a model, or deferred."""
+    """One scheduling decision for one job in one tick: assigned to a model, or deferred.
+
+    A deferral is recorded when its reason changes, not every tick it repeats; old rows are
+    pruned after ``decision_retention_s``."""
 
     __tablename__ = "decisions"
+    __table_args__ = (Index("ix_decisions_created_at", "created_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -151,3 +167,34 @@ class Decision(Base):
     predicted_quality: Mapped[float | None] = mapped_column(Float)
     predicted_cost_usd: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[dt.datetime]
+
+
+class Leadership(Base):
+    """The fencing token of the tick leader: one row, its epoch raised by every new leader.
+
+    A tick commits only while the epoch it was planned under is still current, so a leader that
+    lost its lock (and does not know yet) can never commit beside its successor."""
+
+    __tablename__ = "leadership"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    holder: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[dt.datetime]
+    last_tick_at: Mapped[dt.datetime | None]
+
+
+class Tick(Base):
+    """One committed tick: who planned it under which epoch, and what it decided."""
+
+    __tablename__ = "ticks"
+
+    tick_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    holder: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[dt.datetime] = mapped_column(index=True)
+    committed_at: Mapped[dt.datetime]
+    window_jobs: Mapped[int] = mapped_column(Integer)
+    assigned: Mapped[int] = mapped_column(Integer)
+    deferred: Mapped[int] = mapped_column(Integer)
+    expired: Mapped[int] = mapped_column(Integer)

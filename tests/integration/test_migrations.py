@@ -11,7 +11,8 @@ from scheduler.storage.migrate import alembic_config, upgrade_database
 from scheduler.storage.tables import Base
 from tests.conftest import create_postgres_database, drop_postgres_database
 
-EXPECTED_TABLES = {"alembic_version", "batches", "decisions", "jobs", "models", "worker_heartbeats"}
+EXPECTED_TABLES = {"alembic_version", "batches", "decisions", "jobs", "leadership", "models", "ticks",
+                   "worker_heartbeats"}
 
 
 def _differences(url: str) -> list[object]:
