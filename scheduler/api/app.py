@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from scheduler.api.errors import install_error_handlers
@@ -19,7 +19,7 @@ from scheduler.api.schemas import (
     BatchCreatedOut, BatchOut, ErrorOut, FeedbackIn, JobOut, JobPageOut, ModelOut, WorkerOut,
 )
 from scheduler.fleet import Fleet
-from scheduler.jobspec import BatchSpec, JobSpec
+from scheduler.jobspec import BatchSpec, JobSpec, StorableText
 from scheduler.settings import Settings
 from scheduler.storage import Database, FleetStore, HeartbeatStore, JobStatus, JobStore, utcnow
 from scheduler.storage.jobs import BatchSummary
@@ -34,12 +34,26 @@ def _owner(request: Request, x_switchyard_owner: Annotated[str | None, Header(
     return x_switchyard_owner or request.app.state.settings.owner
 
 
+async def _json_body(request: Request) -> None:
+    """A body route reads JSON only: a body sent as another content type (or none) gets a 415
+    that says so, instead of a 422 about the body not being an object."""
+    content_type = request.headers.get("content-type")
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    is_json = media_type == "application/json" or (media_type.startswith("application/")
+                                                    and media_type.endswith("+json"))
+    if not is_json and await request.body():  # no body at all: the 422 names the missing field
+        raise HTTPException(415, f"send the body as JSON with content-type: application/json "
+                                 f"(got {content_type or 'no content-type'})")
+
+
 Owner = Annotated[str, Depends(_owner)]
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (400, 404, 409, 413, 422, 503)}
+JSON_BODY = [Depends(_json_body)]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (400, 404, 405, 409, 413, 415, 422, 503)}
 
 
 def create_app(settings: Settings, db: Database, fleet: Fleet) -> FastAPI:
-    jobs = JobStore(db)
+    jobs = JobStore(db, default_max_pending_s=settings.max_pending_s)
     heartbeats = HeartbeatStore(db)
 
     @asynccontextmanager
@@ -58,7 +72,7 @@ def create_app(settings: Settings, db: Database, fleet: Fleet) -> FastAPI:
     app.state.settings = settings
     v1 = APIRouter(prefix="/v1")
 
-    @v1.post("/jobs", response_model=JobOut, status_code=201,
+    @v1.post("/jobs", response_model=JobOut, status_code=201, dependencies=JSON_BODY,
              summary="Submit one job (200 with the existing job on a repeated idempotency_key)")
     def submit_job(spec: JobSpec, who: Owner, response: Response) -> JobOut:
         now = utcnow()
@@ -67,7 +81,7 @@ def create_app(settings: Settings, db: Database, fleet: Fleet) -> FastAPI:
         response.status_code = 201 if created else 200
         return JobOut.model_validate(job)
 
-    @v1.post("/batches", response_model=BatchCreatedOut, status_code=201,
+    @v1.post("/batches", response_model=BatchCreatedOut, status_code=201, dependencies=JSON_BODY,
              summary="Submit many jobs at once: all are written or none")
     def submit_batch(spec: BatchSpec, who: Owner, response: Response) -> BatchCreatedOut:
         now = utcnow()
@@ -77,27 +91,27 @@ def create_app(settings: Settings, db: Database, fleet: Fleet) -> FastAPI:
         return BatchCreatedOut(batch=_batch_out(jobs.get_batch(who, batch.id)), job_ids=[j.id for j in batch_jobs])
 
     @v1.get("/batches/{batch_id}", response_model=BatchOut)
-    def get_batch(batch_id: str, who: Owner) -> BatchOut:
+    def get_batch(batch_id: StorableText, who: Owner) -> BatchOut:
         return _batch_out(jobs.get_batch(who, batch_id))
 
     @v1.get("/jobs/{job_id}", response_model=JobOut)
-    def get_job(job_id: str, who: Owner) -> JobOut:
+    def get_job(job_id: StorableText, who: Owner) -> JobOut:
         return JobOut.model_validate(jobs.get_job(who, job_id))
 
     @v1.get("/jobs", response_model=JobPageOut, summary="List jobs, newest first")
-    def list_jobs(who: Owner, status: JobStatus | None = None, batch_id: str | None = None,
-                  model: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-                  cursor: str | None = None) -> JobPageOut:
+    def list_jobs(who: Owner, status: JobStatus | None = None, batch_id: StorableText | None = None,
+                  model: StorableText | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                  cursor: StorableText | None = None) -> JobPageOut:
         page = jobs.list_jobs(who, status=status, batch_id=batch_id, model=model, limit=limit, cursor=cursor)
         return JobPageOut(jobs=[JobOut.model_validate(j) for j in page.jobs], next_cursor=page.next_cursor)
 
     @v1.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a pending or queued job")
-    def cancel_job(job_id: str, who: Owner) -> JobOut:
+    def cancel_job(job_id: StorableText, who: Owner) -> JobOut:
         return JobOut.model_validate(jobs.cancel_job(who, job_id, utcnow()))
 
-    @v1.post("/jobs/{job_id}/feedback", response_model=JobOut,
+    @v1.post("/jobs/{job_id}/feedback", response_model=JobOut, dependencies=JSON_BODY,
              summary="Score a succeeded job's answer (0..1); the predictor learns from it")
-    def feedback(job_id: str, body: FeedbackIn, who: Owner) -> JobOut:
+    def feedback(job_id: StorableText, body: FeedbackIn, who: Owner) -> JobOut:
         return JobOut.model_validate(jobs.record_feedback(who, job_id, body.score, utcnow()))
 
     @v1.get("/models", response_model=list[ModelOut])

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scheduler.jobspec import RequestModel
+
 
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -44,17 +46,20 @@ class JobOut(BaseModel):
     cost_usd: float | None
     latency_s: float | None
     error: str | None
+    notes: str | None = Field(description="What Switchyard changed while storing the job's output "
+                              "(e.g. characters the database cannot hold were removed), so nothing is silent.")
     created_at: dt.datetime
+    expires_at: dt.datetime | None = Field(
+        description="A job still pending at this time ends 'expired' (created_at + max_pending_s).")
     updated_at: dt.datetime
     queued_at: dt.datetime | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
 
 
-class FeedbackIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    score: float = Field(ge=0.0, le=1.0, description="How good the answer was: 0 bad .. 1 good.")
+class FeedbackIn(RequestModel):
+    # strict: a JSON number only; not true/false or "1", which lax mode would read as 1.0.
+    score: float = Field(strict=True, ge=0.0, le=1.0, description="How good the answer was: 0 bad .. 1 good.")
 
 
 class JobPageOut(BaseModel):

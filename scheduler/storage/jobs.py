@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-
 from scheduler.errors import Conflict, InvalidRequest, NotFound
 from scheduler.grading import Grader
-from scheduler.jobspec import BatchSpec, JobSpec
+from scheduler.jobspec import BatchSpec, JobSpec, unstorable_reason
+from scheduler.settings import Settings
 from scheduler.storage.database import Database, rows_affected
 from scheduler.storage.tables import Batch, Job
 from scheduler.storage.types import CANCELLABLE_STATUSES, JobStatus
@@ -32,9 +32,15 @@ class BatchSummary:
     cost_usd: float             # spent so far on finished jobs
 
 
+DEFAULT_MAX_PENDING_S: float = Settings.model_fields["max_pending_s"].default
+
+
 class JobStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, default_max_pending_s: float = DEFAULT_MAX_PENDING_S) -> None:
+        """``default_max_pending_s``: how long a job may stay pending when neither it nor its batch
+        says (the ``max_pending_s`` setting)."""
         self.db = db
+        self.default_max_pending_s = default_max_pending_s
 
     # -- submit ---------------------------------------------------------------------------
     def submit_job(self, owner: str, spec: JobSpec, now: dt.datetime) -> tuple[Job, bool]:
@@ -47,7 +53,7 @@ class JobStore:
                 return existing, False
         try:
             with self.db.session() as session:
-                job = _new_job(owner, spec, None, now)
+                job = _new_job(owner, spec, None, now, spec.max_pending_s or self.default_max_pending_s)
                 session.add(job)
             return job, True
         except IntegrityError:
@@ -71,7 +77,9 @@ class JobStore:
                       idempotency_key=spec.idempotency_key, request_hash=spec.request_hash(), created_at=now)
         # One microsecond apart: created_at then orders a batch's jobs as submitted (listing,
         # results files, the tick's oldest-first claim) instead of by random id.
-        jobs = [_new_job(owner, job_spec, batch.id, now + dt.timedelta(microseconds=index))
+        batch_max_pending_s = spec.max_pending_s or self.default_max_pending_s
+        jobs = [_new_job(owner, job_spec, batch.id, now + dt.timedelta(microseconds=index),
+                         job_spec.max_pending_s or batch_max_pending_s)
                 for index, job_spec in enumerate(spec.jobs)]
         try:
             with self.db.session() as session:
@@ -181,7 +189,8 @@ class JobStore:
             raise Conflict(f"idempotency_key {row.idempotency_key!r} was already used for a different request")
 
 
-def _new_job(owner: str, spec: JobSpec, batch_id: str | None, now: dt.datetime) -> Job:
+def _new_job(owner: str, spec: JobSpec, batch_id: str | None, now: dt.datetime, max_pending_s: float) -> Job:
+    """A pending job row; ``max_pending_s`` is the job's own, else its batch's, else the setting."""
     return Job(
         id=str(uuid.uuid4()), batch_id=batch_id, owner=owner, status=JobStatus.PENDING,
         prompt=spec.prompt,
@@ -193,6 +202,7 @@ def _new_job(owner: str, spec: JobSpec, batch_id: str | None, now: dt.datetime) 
         grader=(spec.grader or Grader.CONTAINS).value if spec.reference is not None else None,
         idempotency_key=spec.idempotency_key,
         request_hash=spec.request_hash(), attempts=0, created_at=now, updated_at=now,
+        expires_at=now + dt.timedelta(seconds=max_pending_s),
     )
 
 
@@ -201,10 +211,15 @@ def _encode_cursor(job: Job) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    """The (created_at, id) a cursor points after. Anything but a cursor this API made (a naive or
+    out-of-range time, an id the database cannot hold) is the caller's error, never a query."""
     try:
-        created_at, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return dt.datetime.fromisoformat(created_at), job_id
-    except (ValueError, UnicodeDecodeError) as exc:
+        created_at_text, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        created_at = dt.datetime.fromisoformat(created_at_text)
+        if created_at.tzinfo is None or unstorable_reason(job_id) is not None:
+            raise ValueError("not a cursor this API made")
+        return created_at.astimezone(dt.UTC), job_id
+    except (ValueError, OverflowError) as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
         raise InvalidRequest("malformed cursor; pass back the next_cursor of a previous page") from exc
 
 

@@ -1,6 +1,7 @@
 """The REST API on a real Postgres: submit, get, list, cancel, idempotency, and every bad input."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 
@@ -10,6 +11,7 @@ from sqlalchemy import func, select, update
 
 from scheduler.api.app import create_app
 from scheduler.fleet import Fleet
+from scheduler.jobspec import BatchSpec, JobSpec
 from scheduler.storage import Database, JobStatus
 from scheduler.storage.tables import Batch, Job
 from tests.conftest import make_settings
@@ -99,6 +101,9 @@ BAD_REQUESTS = [
     ("past deadline", {"prompt": "a", "deadline": "2000-01-01T00:00:00Z"}, 422, "past"),
     ("quality above 1", {"prompt": "a", "min_quality": 1.5}, 422, "min_quality"),
     ("bad role", {"messages": [{"role": "robot", "content": "x"}]}, 422, "role"),
+    ("zero max_pending_s", {"prompt": "a", "max_pending_s": 0}, 422, "max_pending_s"),
+    ("max_pending_s under a second", {"prompt": "a", "max_pending_s": 0.5}, 422, "max_pending_s"),
+    ("max_pending_s over 366 days", {"prompt": "a", "max_pending_s": 366 * 86_400 + 1}, 422, "max_pending_s"),
 ]
 
 
@@ -113,7 +118,7 @@ def test_bad_job_is_a_clear_4xx_and_writes_nothing(api: TestClient, pg_db: Datab
 
 def test_malformed_json_is_400(api: TestClient, pg_db: Database) -> None:
     response = api.post("/v1/jobs", content=b'{"prompt": "a",', headers={"content-type": "application/json"})
-    assert response.status_code == 400 and response.json()["error"] == "malformed JSON body"
+    assert response.status_code == 400 and response.json()["error"].startswith("malformed JSON body: ")
     assert counts(pg_db) == (0, 0)
 
 
@@ -175,3 +180,51 @@ def test_feedback_labels_a_succeeded_job(api: TestClient, pg_db: Database) -> No
     assert (scored.json()["score"], scored.json()["score_source"]) == (0.25, "feedback")
     assert api.post(f"/v1/jobs/{job['id']}/feedback", json={"score": 2}).status_code == 422
     assert api.post("/v1/jobs", json={"prompt": "x", "grader": "exact"}).status_code == 422  # no reference
+
+
+def pending_for(job: dict) -> float:
+    """Seconds between a job's creation and its expiry, from the API's answer."""
+    return (dt.datetime.fromisoformat(job["expires_at"]) - dt.datetime.fromisoformat(job["created_at"])).total_seconds()
+
+
+def test_max_pending_sets_expires_at(api: TestClient, pg_db: Database, fleet: Fleet) -> None:
+    default = api.post("/v1/jobs", json={"prompt": "a"}).json()
+    assert pending_for(default) == 86_400 and default["notes"] is None
+    assert pending_for(api.post("/v1/jobs", json={"prompt": "b", "max_pending_s": 60}).json()) == 60
+    year = api.post("/v1/jobs", json={"prompt": "c", "max_pending_s": 366 * 86_400})
+    assert year.status_code == 201 and pending_for(year.json()) == 366 * 86_400
+    # A deadline after the expiry is allowed: the job expires first.
+    late = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).isoformat()
+    assert api.post("/v1/jobs", json={"prompt": "d", "max_pending_s": 60, "deadline": late}).status_code == 201
+
+    # A job's own max_pending_s wins over its batch's, which wins over the setting.
+    batch = api.post("/v1/batches", json={"max_pending_s": 120, "jobs": [
+        {"prompt": "e"}, {"prompt": "f", "max_pending_s": 30.5}]}).json()
+    jobs = [api.get(f"/v1/jobs/{job_id}").json() for job_id in batch["job_ids"]]
+    assert [pending_for(job) for job in jobs] == [120, 30.5]
+
+    settings = make_settings(pg_db.url, max_pending_s=300)
+    with TestClient(create_app(settings, pg_db, fleet)) as other:
+        assert pending_for(other.post("/v1/jobs", json={"prompt": "g"}).json()) == 300
+        batched = other.post("/v1/batches", json={"jobs": [{"prompt": "h"}]}).json()
+        assert pending_for(other.get(f"/v1/jobs/{batched['job_ids'][0]}").json()) == 300
+
+
+def test_max_pending_is_part_of_the_idempotent_request(api: TestClient, pg_db: Database) -> None:
+    first = api.post("/v1/jobs", json={"prompt": "once", "max_pending_s": 60, "idempotency_key": "k"})
+    again = api.post("/v1/jobs", json={"prompt": "once", "max_pending_s": 60, "idempotency_key": "k"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    other = api.post("/v1/jobs", json={"prompt": "once", "max_pending_s": 61, "idempotency_key": "k"})
+    assert other.status_code == 409 and "different request" in other.json()["error"]
+    batch = {"idempotency_key": "b", "max_pending_s": 60, "jobs": [{"prompt": "a"}]}
+    assert api.post("/v1/batches", json=batch).status_code == 201
+    assert api.post("/v1/batches", json=batch | {"max_pending_s": 90}).status_code == 409
+    assert api.post("/v1/batches", json=batch | {"jobs": [{"prompt": "a", "max_pending_s": 9}]}).status_code == 409
+    assert counts(pg_db) == (2, 1)
+
+
+def test_request_hash_of_a_request_without_max_pending_is_unchanged() -> None:
+    # Hashes stored before max_pending_s existed: a retry that spans the upgrade still matches.
+    assert JobSpec(prompt="a").request_hash() == "b85acf53e6f0a36e1363ceef404fcbc0ad7adacee4b14dfef3cbe439663b2aac"
+    batch = BatchSpec(name="b", jobs=[JobSpec(prompt="a", idempotency_key="j")], idempotency_key="x")
+    assert batch.request_hash() == "9ca51e8bfac77742f0c9d9ea31eaf1f576a213f5301f1e30e85badc1e42b9aa0"
