@@ -11,7 +11,7 @@
     (ABBA) so that drift in a shared machine's speed hits both alike. ``--through-worker`` adds the
     whole path: a real worker process (Celery over Redis, claims and result writes in Postgres),
     timed from its first claim to its last result. Target: >= 90% of bare.
-(b) Per-job overhead with a zero-latency echo model (``benchmarks/echo_worker.py``): submit
+(b) Per-job overhead with the zero-latency echo backend (``workers/backends/echo.py``): submit
     through the store, scheduling ticks (claim, plan, commit, publish), and the real worker's
     Celery consumer, claim and result write. Target: < 5 ms per job.
 
@@ -267,12 +267,14 @@ def llama_through_worker(svc: Services, texts: Sequence[str], max_tokens: int) -
 
 
 def echo_overhead(svc: Services, num_jobs: int, batch_jobs: int) -> RunTimes:
-    # The entry only has to be a valid fleet entry: echo_worker.py hosts EchoBackend in its place.
-    entry = (f'name = "echo"\nbackend = "openai"\nweights = "echo"\nendpoint_url = "http://127.0.0.1:9/v1"\n'
+    # The echo backend (workers/backends/echo.py) answers at once: a job's time is Switchyard's own.
+    entry = (f'name = "echo"\nbackend = "echo"\nweights = "none"\n'
              f"usd_per_second = 0.0\ncapacity_jobs = {num_jobs}\nmax_batch_jobs = {batch_jobs}\n"
              "quality_prior = 0.9\ntokens_per_second_prior = 1000000.0\n")
     settings = svc.settings(fleet_file(svc, entry))
-    command = [sys.executable, str(REPO / "benchmarks" / "echo_worker.py"), "--model", "echo"]
+    code = ("import sys; from scheduler.settings import Settings; from workers.tasks import run_worker; "
+            "run_worker(Settings(), sys.argv[1], 1, 'WARNING')")
+    command = [sys.executable, "-c", code, "echo"]
     with worker(command, settings, svc, "echo", timeout_s=60):
         run_jobs(svc, settings, [JobSpec(prompt="warm up", max_tokens=4) for _ in range(batch_jobs)], timeout_s=60,
                  poll_s=0.05)

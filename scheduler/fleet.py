@@ -23,6 +23,7 @@ class BackendKind(str, enum.Enum):
     LLAMA_CPP = "llama_cpp"
     VLLM = "vllm"
     OPENAI = "openai"
+    ECHO = "echo"              # a test double of a model for load and smoke tests (docs/backends.md)
 
 
 class PromptFormat(str, enum.Enum):

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from scheduler.errors import PermanentJobError, StorageUnavailable
 from scheduler.fleet import ModelSpec
-from scheduler.storage import ClaimedJob, Failure, Outcome, ResultStore
+from scheduler.storage import ClaimedJob, Failure, JobStatus, Outcome, ResultStore
 from workers.backends.base import Backend, GenerationRequest, GenerationResult
 from workers.inflight import InFlight
 from workers.timeout import time_limit
@@ -104,6 +104,8 @@ class BatchRunner:
                 stats.failed += 1
                 log.warning("job %s failed on %s (attempt %d): %s -> %s", job.id, self.spec.name, job.attempts,
                             output, status.value)
+            elif status is not JobStatus.SUCCEEDED:
+                stats.failed += 1  # generated, but the database refused the output (the store logged why)
             else:
                 stats.succeeded += 1
                 stats.output_tokens += output.output_tokens

@@ -23,6 +23,8 @@ _REGISTRY: dict[BackendKind, tuple[str, str, str] | None] = {
     BackendKind.VLLM: ("workers.backends.vllm", "VllmBackend", "gpu"),
     # httpx is a core dependency: this one is always installed.
     BackendKind.OPENAI: ("workers.backends.openai_http", "OpenAIHttpBackend", ""),
+    # Not a model: answers with the prompt, for load and smoke tests. Needs no engine.
+    BackendKind.ECHO: ("workers.backends.echo", "EchoBackend", ""),
 }
 
 
