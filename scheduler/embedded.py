@@ -2,15 +2,25 @@
 
 Used by ``switchyard up`` and ``switchyard demo``. The processes are the same commands production
 runs (``switchyard api|scheduler|worker``); only the settings differ (SQLite, kombu over SQLite).
+
+Each child runs in its own process group (so a Ctrl-C in the terminal reaches only the parent, which
+stops the children in order). Stopping sends SIGTERM to each child, waits for the graceful exits, then
+SIGKILLs each child's whole group, which also takes the Celery pool processes a worker may leave
+behind. With ``stop_on_signals``, SIGTERM, SIGINT and SIGHUP sent to the parent stop the stack too.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import Any, Self
 
 from scheduler.client import SwitchyardClient
 from scheduler.errors import SwitchyardError
@@ -18,20 +28,52 @@ from scheduler.fleet import load_fleet
 from scheduler.settings import Settings
 from scheduler.storage.migrate import upgrade_database
 
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 
 class StackFailed(SwitchyardError):
     """A process of the embedded stack exited early; see its log."""
 
 
+class StopRequested(BaseException):
+    """A stop signal reached the stack's parent process.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on its way out swallows
+    it: it unwinds to the stack's ``with``, whose exit stops every child.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by this signal (143 for SIGTERM)."""
+        return 128 + self.signum
+
+
 class EmbeddedStack:
     def __init__(self, settings: Settings, log_dir: Path, api_port: int = 8000,
-                 worker_models: list[str] | None = None) -> None:
+                 worker_models: list[str] | None = None, stop_on_signals: bool = False) -> None:
+        """``stop_on_signals``: while the stack is used as a context manager, SIGTERM, SIGINT and
+        SIGHUP raise StopRequested in the main thread (the commands that own the process set it;
+        tests leave the test runner's handlers alone). A second signal while stopping skips the
+        wait for graceful exits and kills at once."""
         self.settings = settings
         self.log_dir = log_dir
         self.api_port = api_port
         self.worker_models = worker_models if worker_models is not None else load_fleet(settings.fleet_file).names
+        self.stop_on_signals = stop_on_signals
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._env: dict[str, str] = {}
+        self._previous_handlers: dict[int, Any] = {}
+        self._stop_signal: int | None = None    # the first stop signal, once one arrived
+        self._defer_stop_signal = False         # set while a child is being spawned
+        self._stopping = False
+        self._hurry = False                     # a second signal: kill without waiting
+        self._reaped: set[subprocess.Popen[bytes]] = set()  # stopped and waited for: never signal again
 
     @property
     def api_url(self) -> str:
@@ -71,28 +113,100 @@ class EmbeddedStack:
                 raise StackFailed(f"{name} exited with code {process.returncode}; see {self.log_dir / name}.log")
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+        """Stop every child: SIGTERM first, so each stops gracefully (Celery finishes or hands back
+        its current task, the scheduler ends its tick), then, after ``timeout_s`` or at once on a
+        second stop signal, SIGKILL to each child's process group: whatever is left of it, such as
+        pool processes whose worker died before them."""
+        self._stopping = True
+        running = [name for name, process in self.processes.items() if not _has_exited(process)]
+        if running:
+            log.info("stopping %s", ", ".join(running))
+        for name in running:
+            # Not Popen.send_signal: it reaps an exited child, and the pid must stay ours (see below).
+            _signal_quietly(os.kill, self.processes[name].pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        for process in self.processes.values():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        while (not self._hurry and time.monotonic() < deadline
+               and not all(_has_exited(process) for process in self.processes.values())):
+            time.sleep(0.1)
+        for name, process in self.processes.items():
+            if process in self._reaped:
+                continue
+            if not _has_exited(process):
+                log.warning("%s did not stop in time; killing it", name)
+            # The group id is the child's pid, which stays ours until the wait below reaps it (or,
+            # for a child that died earlier and was reaped by check_alive, while its group has members).
+            _signal_quietly(os.killpg, process.pid, signal.SIGKILL)
+            process.wait()
+            self._reaped.add(process)
 
-    def __enter__(self) -> EmbeddedStack:
-        self.start()
+    def __enter__(self) -> Self:
+        if self.stop_on_signals:
+            for signum in STOP_SIGNALS:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_stop_signal)
+        try:
+            self.start()
+        except BaseException:
+            # A failure or a stop signal halfway through starting: stop what did start.
+            self._stop_and_restore_signals()
+            raise
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.stop()
+        self._stop_and_restore_signals()
+
+    def _stop_and_restore_signals(self) -> None:
+        try:
+            self.stop()
+        finally:
+            for signum, handler in self._previous_handlers.items():
+                # None: a handler installed outside Python; the default is the nearest we can restore.
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+            self._previous_handlers.clear()
+
+    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._stopping or self._stop_signal is not None:
+            self._hurry = True
+            return
+        self._stop_signal = signum
+        if not self._defer_stop_signal:
+            raise StopRequested(signum)
+
+    @contextmanager
+    def _stop_signal_deferred(self) -> Iterator[None]:
+        """Hold a stop signal back until the block is done: raised inside Popen, it would leave a
+        child running that ``self.processes`` does not know, and so nothing would stop."""
+        self._defer_stop_signal = True
+        try:
+            yield
+        finally:
+            self._defer_stop_signal = False
+        if self._stop_signal is not None and not self._stopping:
+            raise StopRequested(self._stop_signal)
 
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         """Start ``switchyard ARGS`` as a child in its own process group, logging to NAME.log."""
-        log = (self.log_dir / f"{name}.log").open("ab")
-        process = subprocess.Popen([sys.executable, "-m", "scheduler.cli", *args], env=self._env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        self.processes[name] = process
+        # The child writes to its own copy of the file descriptor; the parent's closes with the block.
+        with (self.log_dir / f"{name}.log").open("ab") as log_file, self._stop_signal_deferred():
+            process = subprocess.Popen([sys.executable, "-m", "scheduler.cli", *args], env=self._env,
+                                       stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            self.processes[name] = process
         return process
+
+
+def _has_exited(process: subprocess.Popen[bytes]) -> bool:
+    """Whether the child has exited, without reaping it (WNOWAIT): until it is reaped its pid, which
+    is also its process group's id, cannot be given to another process, so killpg stays safe."""
+    if process.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped elsewhere
+        return True
+
+
+def _signal_quietly(send: Any, *args: Any) -> None:
+    """Send a signal to a process or group that may already be gone."""
+    try:
+        send(*args)
+    except ProcessLookupError:
+        pass

@@ -12,7 +12,7 @@ from rich.table import Table
 from scheduler.cli.common import clean_errors, settings
 from scheduler.cli.jobs_cmd import wait_until_done
 from scheduler.client import SwitchyardClient
-from scheduler.embedded import EmbeddedStack
+from scheduler.embedded import EmbeddedStack, StopRequested
 
 DEMO_QUESTIONS = [
     "What is the capital of France?",
@@ -35,16 +35,18 @@ def register(app: typer.Typer) -> None:
 @clean_errors
 def up(port: Annotated[int, typer.Option(help="API port.")] = 8000,
        log_dir: Annotated[Path, typer.Option(help="Where each process logs.")] = Path(".switchyard/logs")) -> None:
-    """Start API, scheduler and one worker per fleet model on this machine (Ctrl-C stops all)."""
-    with EmbeddedStack(settings(), log_dir, api_port=port) as stack:
-        stack.wait_ready()
-        typer.echo(f"Switchyard is up: API {stack.api_url} (docs {stack.api_url}/docs); logs in {log_dir}")
-        try:
+    """Start API, scheduler and one worker per fleet model on this machine (Ctrl-C, SIGTERM or SIGHUP
+    stops them all)."""
+    try:
+        with EmbeddedStack(settings(), log_dir, api_port=port, stop_on_signals=True) as stack:
+            stack.wait_ready()
+            typer.echo(f"Switchyard is up: API {stack.api_url} (docs {stack.api_url}/docs); logs in {log_dir}")
             while True:
                 stack.check_alive()
                 time.sleep(1.0)
-        except KeyboardInterrupt:
-            typer.echo("stopping")
+    except StopRequested as stop:
+        # Stopping is how `up` ends: exit 0, as a service manager expects after its SIGTERM.
+        typer.echo(f"stopped ({stop})")
 
 
 @clean_errors
@@ -54,7 +56,20 @@ def demo(port: Annotated[int, typer.Option(help="API port for the demo stack.")]
     """Start the embedded stack, submit a few real questions, and print who answered and at what cost."""
     console = Console()
     console.print("Starting the embedded stack (SQLite + Celery over SQLite; models load once per worker)...")
-    with EmbeddedStack(settings(), log_dir, api_port=port) as stack:
+    try:
+        jobs = _run_demo(console, EmbeddedStack(settings(), log_dir, api_port=port, stop_on_signals=True),
+                         timeout_s)
+    except StopRequested as stop:
+        console.print(f"stopped ({stop}) before the demo finished")
+        raise typer.Exit(stop.exit_code) from None
+    _print_answers(console, jobs)
+    if any(job["status"] != "succeeded" for job in jobs):
+        raise typer.Exit(1)
+
+
+def _run_demo(console: Console, stack: EmbeddedStack, timeout_s: float) -> list[dict]:
+    """Submit the demo batch to a fresh stack and return its jobs, in question order, once all are done."""
+    with stack:
         stack.wait_ready()
         with SwitchyardClient(stack.api_url, stack.settings.owner) as api:
             created = api.submit_batch({"name": "demo", "alpha": DEMO_ALPHA,
@@ -64,10 +79,7 @@ def demo(port: Annotated[int, typer.Option(help="API port for the demo stack.")]
             if not wait_until_done(api, [batch_id], batch=True, timeout_s=timeout_s, poll_s=0.5,
                                    console=console):
                 raise typer.Exit(2)
-            jobs = sorted(api.jobs(batch_id=batch_id), key=lambda j: DEMO_QUESTIONS.index(j["prompt"]))
-    _print_answers(console, jobs)
-    if any(job["status"] != "succeeded" for job in jobs):
-        raise typer.Exit(1)
+            return sorted(api.jobs(batch_id=batch_id), key=lambda j: DEMO_QUESTIONS.index(j["prompt"]))
 
 
 def _print_answers(console: Console, jobs: list[dict]) -> None:
