@@ -1,8 +1,18 @@
 """The whole scheduling tick on real Postgres + Redis: claim, predict, solve, commit, publish.
 
-    python benchmarks/bench_tick.py                    # N = 1k, 10k, 50k pending jobs x 8 models
-    python benchmarks/bench_tick.py --sizes 10000      # one size
-    python benchmarks/bench_tick.py --repeats 3        # medians of 3 runs per size (noisy machines)
+    python benchmarks/bench_tick.py                    # both scenarios below
+    python benchmarks/bench_tick.py --scenario ample --sizes 10000      # one scenario, one size
+    python benchmarks/bench_tick.py --repeats 3        # medians of 3 runs per row (noisy machines)
+
+Two scenarios. "ample": capacity for every job (the window is the whole backlog). "scarce": the
+normal state of a batch scheduler, far more pending jobs than free slots: a backlog of 10k or
+100k jobs (ages spread over 6 hours, 20% in five batches with alphas 0.5-0.8, 10% with deadlines
+within 3 hours), 8 models with 100 or 1,000 free slots in all. The tick plans a window sized to
+the free capacity (window_headroom x free slots); the "10k window" rows force a 10,000-job window
+onto the same scarce fleet, the case that once took 23 s and 3.8 GB in the optimizer's repair.
+Each row runs in its own process, and "rss" is that process's peak resident memory (the
+scheduler's: the jobs are seeded by Postgres itself). Targets (issue 10), scarce rows: plan
+<= 300 ms, tick <= 1 s, resident memory <= 500 MB.
 
 Each size gets a fresh database with N pending jobs (20% in batches with a mean-quality target),
 eight token-priced models with live heartbeats (the cheap ones' capacity below N, so capacity
@@ -17,10 +27,15 @@ Target (issue 4): 10k jobs in <= 2 s on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +66,15 @@ MODELS = [("tiny", 0.02, 0.05, 0.30), ("small", 0.1, 0.2, 0.45), ("mid-a", 0.3, 
           ("frontier-b", 10.0, 30.0, 0.9)]
 
 
-def fleet_file(directory: Path, num_jobs: int) -> Path:
+def fleet_file(directory: Path, num_jobs: int, free_slots: int | None = None) -> Path:
+    """Ample (free_slots None): the cheap models cannot take everything, the dear ones can.
+    Scarce: ``free_slots`` in all, spread evenly over the eight models."""
     lines = []
     for k, (name, price_in, price_out, prior) in enumerate(MODELS):
-        capacity = max(1, num_jobs // 8) if k < 4 else num_jobs   # cheap models cannot take everything
+        if free_slots is not None:
+            capacity = free_slots // len(MODELS) + (1 if k < free_slots % len(MODELS) else 0)
+        else:
+            capacity = max(1, num_jobs // 8) if k < 4 else num_jobs   # cheap models cannot take everything
         lines.append(f'[[models]]\nname = "{name}"\nbackend = "openai"\nweights = "{name}"\n'
                      f"usd_per_mtok_input = {price_in}\nusd_per_mtok_output = {price_out}\n"
                      f"capacity_jobs = {capacity}\nmax_batch_jobs = 32\nquality_prior = {prior}\n")
@@ -113,6 +133,37 @@ def seed(db: Database, num_jobs: int, rng: np.random.Generator) -> None:
             session.execute(insert(Job), rows[start:start + 5000])
 
 
+SEED_SQL = """
+WITH words AS (SELECT array_agg('w' || k) AS w FROM generate_series(0, 2999) AS k),
+     topics AS (SELECT ARRAY['capital of', 'integral of', 'translate', 'summarise', 'python function',
+                             'prove that', 'recipe for', 'history of'] AS t)
+INSERT INTO jobs (id, batch_id, owner, status, prompt, max_tokens, temperature, attempts, request_hash,
+                  on_deadline_miss, created_at, updated_at, expires_at, deadline_at)
+SELECT gen_random_uuid()::text,
+       CASE WHEN i %% 5 = 0 THEN (%(batches)s::text[])[1 + (i / 5) %% 5] END,
+       'bench', 'pending',
+       'Question ' || i || ': ' || t[1 + (i * 7919) %% 8] || ' ' || w[1 + (i * 104729) %% 3000] || ' '
+         || w[1 + (i * 1299709) %% 3000] || ' ' || w[1 + (i * 15485863) %% 3000] || ' ' || w[1 + (i * 49979687) %% 3000],
+       256, 0.0, 0, 'x', 'run_late', c, c, c + interval '24 hours',
+       CASE WHEN i %% 10 = 3 THEN now() + (i %% 1000) * interval '10.8 seconds' END
+FROM generate_series(1::bigint, %(n)s::bigint) AS i, words, topics,
+     LATERAL (SELECT now() - ((i * 2654435761) %% 21600) * interval '1 second' AS c) AS ages
+"""
+
+
+def seed_backlog(url: str, num_jobs: int) -> None:
+    """``num_jobs`` pending jobs written by Postgres itself (so the benchmark process holds only
+    what the scheduler holds): ages spread over 6 hours, 20% in five batches with alphas 0.5-0.8,
+    10% with deadlines within 3 hours."""
+    batch_ids = [str(uuid.uuid4()) for _ in range(5)]
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        for k, batch_id in enumerate(batch_ids):
+            conn.execute("INSERT INTO batches (id, owner, name, alpha, num_jobs, request_hash, created_at) "
+                         "VALUES (%s, 'bench', %s, %s, 0, 'x', now())", (batch_id, f"b{k}", 0.5 + 0.075 * k))
+        conn.execute(SEED_SQL, {"batches": batch_ids, "n": num_jobs})
+        conn.execute("ANALYZE jobs")
+
+
 def workers_report_in(db: Database) -> None:
     now = utcnow()
     beats = HeartbeatStore(db)
@@ -122,16 +173,60 @@ def workers_report_in(db: Database) -> None:
 
 
 def run(num_jobs: int, workdir: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """Ample capacity: a burst of N jobs, then (the first window done) N fresh jobs, pre-scored."""
     rng = np.random.default_rng(num_jobs)
+
+    def make_settings(url: str) -> Settings:
+        return Settings(database_url=url, broker_url=REDIS_URL, fleet_file=fleet_file(workdir, num_jobs),
+                        window_max_jobs=num_jobs, plan_horizon_s=86_400, predictor_dir=workdir / f"p{num_jobs}",
+                        exploration_target_labels=0)
+
+    return two_ticks(rng, make_settings, seed_first=lambda db: seed(db, num_jobs, rng),
+                     seed_next=lambda db: seed(db, num_jobs, rng))
+
+
+@dataclass(frozen=True)
+class ScarceCase:
+    backlog: int
+    free_slots: int
+    forced_window: int | None = None   # plan this many jobs whatever the free capacity
+
+    @property
+    def label(self) -> str:
+        window = f"{self.forced_window // 1000}k window" if self.forced_window else "sized"
+        return f"{self.backlog // 1000}k/{self.free_slots}/{window}"
+
+
+def run_scarce(case: ScarceCase, workdir: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """A backlog with scarce capacity: a first tick (nothing scored yet), then the steady state:
+    the dispatched jobs finish, the scheduler pre-scores the next window between ticks, and the
+    next tick runs (the backlog is still there: nothing new needs to arrive)."""
+    rng = np.random.default_rng(case.backlog + case.free_slots)
+
+    def make_settings(url: str) -> Settings:
+        return Settings(database_url=url, broker_url=REDIS_URL,
+                        fleet_file=fleet_file(workdir, case.backlog, case.free_slots),
+                        window_max_jobs=case.forced_window or 10_000, window_min_jobs=case.forced_window or 64,
+                        plan_horizon_s=86_400, predictor_dir=workdir / f"p-{uuid.uuid4().hex[:6]}",
+                        exploration_target_labels=0)
+
+    return two_ticks(rng, make_settings, seed_first=lambda db: seed_backlog(db.url, case.backlog),
+                     seed_next=lambda db: None)
+
+
+def two_ticks(rng: np.random.Generator, make_settings: Callable[[str], Settings],
+              seed_first: Callable[[Database], None], seed_next: Callable[[Database], None]
+              ) -> tuple[dict[str, float], dict[str, float]]:
+    """On a fresh database: a tick on a window nobody scored yet; then the dispatched jobs finish,
+    ``seed_next`` adds work, the scheduler scores the next window while it waits (as its loop does:
+    Scheduler.prescore, outside the tick) and the next tick runs. Both ticks' stage times."""
     name = fresh_database()
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     try:
         upgrade_database(url)
-        settings = Settings(database_url=url, broker_url=REDIS_URL, fleet_file=fleet_file(workdir, num_jobs),
-                            window_max_jobs=num_jobs, plan_horizon_s=86_400, predictor_dir=workdir / f"p{num_jobs}",
-                            exploration_target_labels=0)
+        settings = make_settings(url)
         db = Database(url)
-        seed(db, num_jobs, rng)
+        seed_first(db)
         fleet = load_fleet(settings.fleet_file)
         learner = Learner(settings, db, fleet)
         learner.versions.save(fit_predictor("switchyard", synthetic_training(rng)), utcnow())
@@ -139,12 +234,10 @@ def run(num_jobs: int, workdir: Path) -> tuple[dict[str, float], dict[str, float
         scheduler = Scheduler(settings, db, fleet, default_policy(fleet, settings),
                               CeleryDispatcher(make_celery(settings)), learner)
         redis.Redis.from_url(REDIS_URL).flushdb()
-        burst = timed_tick(scheduler)
-        # Steady state: the first window's jobs are done, a fresh window of N jobs has arrived,
-        # and the scheduler scored it while it waited for the tick (Scheduler.prescore).
+        first = timed_tick(scheduler)
         with db.session() as session:
             session.execute(update(Job).where(Job.status == JobStatus.QUEUED).values(status=JobStatus.SUCCEEDED))
-        seed(db, num_jobs, rng)
+        seed_next(db)
         workers_report_in(db)   # a large burst outlasts the heartbeat TTL
         redis.Redis.from_url(REDIS_URL).flushdb()
         start = time.perf_counter()
@@ -153,7 +246,7 @@ def run(num_jobs: int, workdir: Path) -> tuple[dict[str, float], dict[str, float
         steady = timed_tick(scheduler)
         steady["prescore"] = prescore_s
         db.dispose()
-        return burst, steady
+        return first, steady
     finally:
         drop_database(name)
         redis.Redis.from_url(REDIS_URL).flushdb()
@@ -165,6 +258,7 @@ def timed_tick(scheduler: Scheduler) -> dict[str, float]:
     stages = dict(report.stage_s)
     stages["total"] = time.perf_counter() - start
     stages["assigned"] = len(report.plan.assignments)
+    stages["window"] = report.window_jobs
     stages["tasks"] = report.publish.published if report.publish else 0
     if not report.plan.assignments:
         raise SystemExit(f"nothing assigned: {report.plan.deferrals[:1]} {report.plan.notes}")
@@ -176,29 +270,77 @@ def median_stages(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
 
 
+SCARCE_CASES = [ScarceCase(10_000, 1000), ScarceCase(10_000, 100), ScarceCase(100_000, 1000),
+                ScarceCase(100_000, 100), ScarceCase(10_000, 128, forced_window=10_000),
+                ScarceCase(100_000, 1000, forced_window=10_000)]
+
+
+def run_in_child(args: list[str]) -> dict[str, object]:
+    """One row in a fresh process, so its peak resident memory is that row's alone."""
+    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def child(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.scenario == "ample":
+            first, steady = run(args.size, Path(tmp))
+        else:
+            first, steady = run_scarce(ScarceCase(args.size, args.free_slots, args.forced_window), Path(tmp))
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"first": first, "steady": steady, "rss_mb": rss_mb}))
+
+
+STAGES = ("recover", "claim", "plan", "commit", "publish", "total")
+
+
+def print_rows(label: str, runs: list[dict[str, object]], names: tuple[str, str]) -> None:
+    for key, name in zip(("first", "steady"), names, strict=True):
+        stage_runs = [r[key] for r in runs]
+        totals = [float(r["total"]) for r in stage_runs]  # type: ignore[index]
+        s = median_stages(stage_runs)  # type: ignore[arg-type]
+        prescore = f"{s['prescore'] * 1e3:>7.0f}ms" if "prescore" in s else f"{'-':>9}"
+        spread = f"{min(totals) * 1e3:>6.0f}-{max(totals) * 1e3:.0f}ms"
+        rss = max(float(r["rss_mb"]) for r in runs)  # type: ignore[arg-type]
+        print(f"{label:>20} {name:>10} {int(s['window']):>7} {int(s['assigned']):>8} {int(s['tasks']):>6} {prescore} "
+              + " ".join(f"{s[stage] * 1e3:>6.0f}ms" for stage in STAGES) + f" {spread:>15} {rss:>6.0f}MB",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 50_000])
+    parser.add_argument("--scenario", choices=["ample", "scarce", "both"], default="both")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 50_000],
+                        help="ample scenario: pending jobs per row")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="runs per size (a fresh database each); the table shows per-stage medians")
+                        help="runs per row (a fresh database and process each); the table shows per-stage medians")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--free-slots", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--forced-window", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    header = f"{'jobs':>7} {'window':>10} {'assigned':>8} {'tasks':>6} {'prescore':>9} {'recover':>8} {'claim':>8} " \
-             f"{'plan':>8} {'commit':>8} {'publish':>8} {'total':>8} {'total range':>15}"
-    print(header)
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.child:
+        child(args)
+        return
+    repeats = max(1, args.repeats)
+    print(f"{'row':>20} {'tick':>10} {'window':>7} {'assigned':>8} {'tasks':>6} {'prescore':>9} "
+          + " ".join(f"{stage:>8}" for stage in STAGES) + f" {'total range':>15} {'rss':>8}")
+    if args.scenario in ("ample", "both"):
         for size in args.sizes:
-            runs = [run(size, Path(tmp)) for _ in range(max(1, args.repeats))]
-            for k, label in enumerate(("burst", "pre-scored")):
-                totals = [r[k]["total"] for r in runs]
-                s = median_stages([r[k] for r in runs])
-                prescore = f"{s['prescore'] * 1e3:>7.0f}ms" if "prescore" in s else f"{'-':>9}"
-                spread = f"{min(totals) * 1e3:>6.0f}-{max(totals) * 1e3:.0f}ms"
-                print(f"{size:>7} {label:>10} {int(s['assigned']):>8} {int(s['tasks']):>6} {prescore} " + " ".join(
-                    f"{s[key] * 1e3:>6.0f}ms" for key in ("recover", "claim", "plan", "commit", "publish", "total"))
-                    + f" {spread:>15}", flush=True)
-    print("plan = predict (featurise + score) + estimates + eligibility + solve; target: 10k jobs <= 2 s total.\n"
-          "burst: N jobs arrive at once and the tick scores them all; pre-scored: the scheduler scored the\n"
-          "window between ticks (Scheduler.prescore, outside the tick: its time is the prescore column).\n"
+            runs = [run_in_child(["--scenario", "ample", "--size", str(size)]) for _ in range(repeats)]
+            print_rows(f"ample {size // 1000}k", runs, ("burst", "pre-scored"))
+    if args.scenario in ("scarce", "both"):
+        for case in SCARCE_CASES:
+            extra = ["--forced-window", str(case.forced_window)] if case.forced_window else []
+            runs = [run_in_child(["--scenario", "scarce", "--size", str(case.backlog),
+                                  "--free-slots", str(case.free_slots), *extra]) for _ in range(repeats)]
+            print_rows(f"scarce {case.label}", runs, ("first", "steady"))
+    print("ample: capacity for every job; burst = all N arrive at once and the tick scores them all;\n"
+          "pre-scored = the scheduler scored the window between ticks (Scheduler.prescore, its own column).\n"
+          "scarce ROW = backlog/free slots/window: 'sized' = window_headroom x free slots (default 4x), or a\n"
+          "forced 10k window; first = the first tick (nothing scored yet), steady = after the dispatched jobs\n"
+          "finished and the next window was pre-scored. plan = predict + estimates + eligibility + solve.\n"
+          "Targets: ample 10k <= 2 s total; scarce: plan <= 300 ms, tick <= 1 s, rss <= 500 MB.\n"
           "With --repeats R, each stage is the median of R runs and 'total range' the fastest-slowest tick.")
 
 

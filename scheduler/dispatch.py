@@ -51,6 +51,9 @@ class CeleryDispatcher:
                     self.app.send_task(
                         TASK_NAME, kwargs=task_kwargs(dispatch.dispatch_id, dispatch.model, list(dispatch.job_ids)),
                         queue=queue_name(dispatch.model), producer=producer,
+                        # The message names its dispatch, so scheduler.broker_audit can tell which
+                        # queued dispatches lost their message (a Redis restart).
+                        task_id=dispatch.dispatch_id,
                         # what Flower shows; set here, Celery skips repr-ing 32 job ids per task
                         argsrepr="()", kwargsrepr=f"{{dispatch_id: {dispatch.dispatch_id}, model: {dispatch.model}, "
                                                   f"job_ids: {len(dispatch.job_ids)} jobs}}",

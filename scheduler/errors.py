@@ -37,6 +37,10 @@ class StorageUnavailable(SwitchyardError):
     """The database is unreachable; retry later."""
 
 
+class LostLeadership(SwitchyardError):
+    """This scheduler is no longer the tick leader; its plan was not committed."""
+
+
 class BrokerUnavailable(SwitchyardError):
     """The message broker is unreachable; jobs stay queued and are re-published after their lease."""
 

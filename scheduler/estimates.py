@@ -30,6 +30,7 @@ class WindowEstimates:
     latency_s: np.ndarray        # (N, M) run time, without queueing
     finish_s: np.ndarray         # (N, M) queue wait + run time, seconds from now
     cost_usd: np.ndarray         # (N, M)
+    min_cost_usd: np.ndarray     # (N, M) the cost of the shortest possible answer (one output token)
 
 
 def estimate_window(jobs: Sequence[WindowJob], fleet: Fleet, states: Sequence[ModelState],
@@ -49,9 +50,13 @@ def estimate_window(jobs: Sequence[WindowJob], fleet: Fleet, states: Sequence[Mo
         for j, state in enumerate(states)])
     cost = np.column_stack([_cost_column(spec, input_tokens, output_tokens[:, j], latency[:, j])
                             for j, spec in enumerate(fleet.models)])
+    one_token = np.ones_like(input_tokens)
+    min_cost = np.column_stack([
+        _cost_column(spec, input_tokens, one_token, (input_tokens / PREFILL_SPEEDUP + 1.0) / tokens_per_s[j])
+        for j, spec in enumerate(fleet.models)])
     return WindowEstimates(p_success=np.clip(p_success, 0.0, 1.0), input_tokens=input_tokens,
                            output_tokens=output_tokens, latency_s=latency,
-                           finish_s=latency + queue_wait[None, :], cost_usd=cost)
+                           finish_s=latency + queue_wait[None, :], cost_usd=cost, min_cost_usd=min_cost)
 
 
 def _cost_column(spec: ModelSpec, input_tokens: np.ndarray, output_tokens: np.ndarray,
@@ -65,6 +70,17 @@ def _cost_column(spec: ModelSpec, input_tokens: np.ndarray, output_tokens: np.nd
 
 def seconds_until(deadline: dt.datetime | None, now: dt.datetime) -> float:
     return float("inf") if deadline is None else (deadline - now).total_seconds()
+
+
+def window_size(fleet: Fleet, states: Sequence[ModelState], horizon_s: float, headroom: float,
+                min_jobs: int, max_jobs: int) -> int:
+    """How many pending jobs a tick should plan: ``headroom`` times what the fleet can take now
+    (each model's free capacity at its measured latency, or at the prior speed for a default-length
+    answer before any is measured), within [min_jobs, max_jobs]. A tick's work then follows what
+    can be dispatched, not the size of the backlog."""
+    free = sum(free_capacity(spec, state, horizon_s, DEFAULT_OUTPUT_TOKENS / spec.tokens_per_second_prior)
+               for spec, state in zip(fleet.models, states, strict=True))
+    return int(min(max_jobs, max(min_jobs, np.ceil(headroom * free))))
 
 
 def free_capacity(spec: ModelSpec, state: ModelState, horizon_s: float, est_latency_s: float) -> int:

@@ -1,10 +1,18 @@
 """The scheduler service: elect one leader, then tick every ``tick_interval_s``.
 
 A standby process retries leadership every interval, so killing the leader hands over within a
-tick. A failing tick (database down, broker down) is logged and retried; it never ends the loop.
+tick. Nothing that can go wrong in the loop ends it: a database or broker outage, a lost lock
+connection or a failed tick is logged and retried, backing off from ``tick_interval_s`` to
+``outage_retry_max_s``, and leadership is given up (and re-taken under a new epoch) whenever it
+may have been lost, so a stale leader never commits (scheduler/storage/leader.py).
+
+Between ticks the leader does the upkeep that keeps each tick small: it scores the next window's
+jobs ahead of time, re-plans jobs whose broker message was lost, and prunes old decision history.
 """
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -13,16 +21,23 @@ from collections.abc import Callable
 import numpy as np
 
 from scheduler.dispatch import CeleryDispatcher
+from scheduler.errors import LostLeadership
 from scheduler.fleet import Fleet, load_fleet
 from scheduler.learning.fleet_predictor import FleetPredictor
 from scheduler.learning.learner import Learner
+from scheduler.lost_messages import BrokerAudit, LostMessageSweep
 from scheduler.policy import OptimizingPolicy
 from scheduler.settings import Settings
 from scheduler.storage import Database, FleetStore, WindowStore, utcnow
-from scheduler.storage.leader import LeaderLock
+from scheduler.storage.leader import LeaderLock, LeaderTerm
 from scheduler.tick import Dispatcher, Policy, TickReport, run_tick
 
 log = logging.getLogger(__name__)
+
+# Decision history is pruned at most this often, this many rows at a time (a bounded step
+# between ticks, never a long delete inside one).
+PRUNE_INTERVAL_S = 60.0
+PRUNE_MAX_ROWS = 20_000
 
 
 def default_policy(fleet: Fleet, settings: Settings) -> OptimizingPolicy:
@@ -35,7 +50,8 @@ class Scheduler:
     """Everything a tick needs, built once from settings."""
 
     def __init__(self, settings: Settings, db: Database, fleet: Fleet, policy: Policy,
-                 dispatcher: Dispatcher | None, learner: Learner | None = None) -> None:
+                 dispatcher: Dispatcher | None, learner: Learner | None = None,
+                 broker_audit: BrokerAudit | None = None) -> None:
         self.settings = settings
         self.db = db
         self.fleet = fleet
@@ -43,74 +59,116 @@ class Scheduler:
         self.dispatcher = dispatcher
         self.learner = learner
         self.window_store = WindowStore(db)
+        self.lost_messages = LostMessageSweep(self.window_store, broker_audit, settings.broker_audit_interval_s)
         self._exploration_rng = np.random.default_rng()   # which jobs explore: fresh draws every tick
+        self._last_window_jobs = settings.window_min_jobs
+        self._pruned_at = -np.inf
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Scheduler:
+        from scheduler.broker_audit import find_lost_dispatches
         from workers.celery_app import make_celery
 
         fleet = load_fleet(settings.fleet_file)
         db = Database(settings.database_url)
-        return cls(settings, db, fleet, default_policy(fleet, settings), CeleryDispatcher(make_celery(settings)),
-                   Learner(settings, db, fleet))
+        app = make_celery(settings)
+        return cls(settings, db, fleet, default_policy(fleet, settings), CeleryDispatcher(app),
+                   Learner(settings, db, fleet), broker_audit=functools.partial(find_lost_dispatches, app))
 
-    def tick(self, *, dry_run: bool = False) -> TickReport:
+    def tick(self, *, dry_run: bool = False, term: LeaderTerm | None = None) -> TickReport:
         if self.learner is not None:
             # The newest fitted predictor, and what the outcomes so far say, plan this window.
             self.policy = OptimizingPolicy(
                 self.fleet, self.learner.predictor(), horizon_s=self.settings.plan_horizon_s,
                 exploration=self.learner.exploration(), feedback=self.learner.feedback(), rng=self._exploration_rng)
         report = run_tick(self.window_store, self.policy, self.fleet, self.dispatcher, self.settings, utcnow(),
-                          dry_run=dry_run)
+                          dry_run=dry_run, term=term)
+        self._last_window_jobs = max(report.window_jobs, self.settings.window_min_jobs)
         if self.learner is not None and not dry_run:
             self.learner.refit_in_background_if_due(utcnow())
         return report
 
     def prescore(self) -> int:
-        """Score pending jobs the current predictor has not seen yet, between ticks, so the next
-        tick finds them in its cache: featurising prompt text is the dearest part of a tick's
-        predict, and jobs arriving over an interval can be scored while the scheduler waits.
-        Returns how many were scored."""
+        """Score the jobs the next window will hold that the current predictor has not seen yet,
+        between ticks, so the next tick finds them in its cache: featurising prompt text is the
+        dearest part of a tick's predict, and jobs arriving over an interval can be scored while
+        the scheduler waits. Returns how many were scored."""
         if self.learner is None:
             return 0
         predictor = self.learner.predictor()
-        unscored = predictor.unscored(self.window_store.pending_job_ids(self.settings.window_max_jobs))
+        upcoming = self.window_store.next_window_ids(self._last_window_jobs, utcnow())
+        unscored = predictor.unscored(upcoming)
         if unscored:
             texts = self.window_store.prompt_texts(unscored)
             present = [job_id for job_id in unscored if job_id in texts]   # a job may have left pending
             predictor.predict([texts[job_id] for job_id in present], keys=present)
         return len(unscored)
 
-    def _prescore_quietly(self) -> None:
-        """Pre-scoring only saves the next tick time: a failure is logged, never fatal to the
-        leadership this process holds (the next tick scores the jobs itself)."""
-        try:
-            self.prescore()
-        except Exception:  # noqa: BLE001
-            log.exception("scoring pending jobs ahead of the tick failed; the tick will score them")
+    def upkeep(self, term: LeaderTerm) -> None:
+        """The leader's work between ticks. Each step only saves later work, so a failure is
+        logged and never costs the leadership this process holds."""
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("scoring the next window's jobs", self.prescore),
+            ("checking queued jobs' messages on the broker", lambda: self.lost_messages.run_if_due(utcnow(), term)),
+            ("pruning old decision history", self._prune_if_due),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("%s failed (retried later): %s", what, exc)
+
+    def _prune_if_due(self) -> None:
+        if time.monotonic() - self._pruned_at < PRUNE_INTERVAL_S:
+            return
+        self._pruned_at = time.monotonic()
+        before = utcnow() - dt.timedelta(seconds=self.settings.decision_retention_s)
+        pruned = self.window_store.prune_history(before, PRUNE_MAX_ROWS)
+        if pruned:
+            log.info("pruned %d decision/tick rows older than %s", pruned, before.isoformat(timespec="seconds"))
 
     def run_forever(self, stop: threading.Event, on_tick: Callable[[TickReport], None] | None = None) -> None:
         leader = LeaderLock(self.db)
         synced = False
+        failures = 0
         try:
             while not stop.is_set():
-                next_tick_at = time.monotonic() + self.settings.tick_interval_s
+                started = time.monotonic()
                 try:
                     if not synced:
                         FleetStore(self.db).sync(self.fleet, utcnow())
                         synced = True
-                    if not leader.try_acquire():
-                        log.info("another scheduler leads; standing by")
+                    term = leader.try_acquire(utcnow())
+                    if term is None:
+                        log.debug("another scheduler leads; standing by")
                     else:
-                        report = self.tick()
+                        report = self.tick(term=term)
                         if on_tick is not None:
                             on_tick(report)
-                        if report.plan.assignments or report.plan.deferrals or report.recovery.requeued:
+                        if report.plan.assignments or report.plan.deferrals or report.recovery.changed_anything:
                             log.info(report.summary())
-                        self._prescore_quietly()
-                except Exception:  # noqa: BLE001 - the loop outlives any one tick
-                    log.exception("tick failed; retrying next interval")
+                        self.upkeep(term)
+                    if failures:
+                        log.info("scheduler recovered after %d failed attempt(s)", failures)
+                    failures = 0
+                except LostLeadership as exc:
+                    log.warning("%s; standing by until leadership is re-taken", exc)
                     leader.release()
-                stop.wait(max(0.0, next_tick_at - time.monotonic()))
+                except Exception as exc:  # noqa: BLE001 - the loop outlives any outage or failed tick
+                    failures += 1
+                    if failures == 1:
+                        log.exception("tick failed; retrying with backoff")
+                    else:
+                        log.warning("tick failed again (%d in a row): %s", failures, exc)
+                    leader.release()
+                stop.wait(max(0.0, self._retry_delay(failures) - (time.monotonic() - started)))
         finally:
             leader.release()
+
+    def _retry_delay(self, failures: int) -> float:
+        """The tick interval while all is well; after failures, doubling up to outage_retry_max_s
+        (never longer than that, so the scheduler ticks again within seconds of a recovery)."""
+        interval = self.settings.tick_interval_s
+        if failures == 0:
+            return interval
+        return min(max(interval, self.settings.outage_retry_max_s), interval * 2 ** (failures - 1))

@@ -6,6 +6,7 @@ A tick produces a frozen ``Plan``; a separate step applies it (commit, then publ
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ class WindowJob:
     attempts: int
     expire_on_deadline_miss: bool = False
     batch_budget_left_usd: float | None = None   # the batch's cap minus what it spent and reserved
+    last_reason: str | None = None               # what the job was last told (a deferral repeats it silently)
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,18 @@ class Assignment:
     reason: str
 
 
+class Ending(str, enum.Enum):
+    """How a deferral may end a job instead of leaving it for a later tick."""
+
+    EXPIRED = "expired"   # it can no longer be served in time (deadline passed, or expire on a miss)
+    FAILED = "failed"     # no model of the fleet can ever serve it as submitted
+
+
 @dataclass(frozen=True)
 class Deferral:
     job_id: str
     reason: str
-    expire: bool = False        # the job cannot be served any more (deadline passed): expire it
+    ending: Ending | None = None   # None: the job waits for a later tick
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ For every (job, model) pair it predicts success, tokens, latency and cost; it th
 pairs are allowed (allow-list, a live worker with free capacity, the job's quality floor, its
 cost cap, its deadline) and hands the rest to the constrained optimizer (cheapest plan meeting
 each batch's mean-quality target alpha within each model's free capacity). Every assignment and
-every deferral carries a reason a person can read.
+every deferral carries a reason a person can read. How urgent each waiting job is (the cost of
+deferring it) is scheduler/urgency.py's, shared with the tick's choice of window.
 """
 from __future__ import annotations
 
@@ -19,19 +20,22 @@ from scheduler.estimates import WindowEstimates, estimate_window, free_capacity,
 from scheduler.fleet import Fleet
 from scheduler.learning.exploration import NOT_PINNED, Exploration, restrict_to_pinned
 from scheduler.optimizer import AssignmentProblem, solve
-from scheduler.plan import EXPLORING_REASON_PREFIX, Assignment, Deferral, ModelState, Plan, WindowJob
+from scheduler.plan import EXPLORING_REASON_PREFIX, Assignment, Deferral, Ending, ModelState, Plan, WindowJob
+from scheduler.urgency import deferral_penalty_usd
 
-# Leaving a job for a later tick costs far more than any single job's run, so jobs are deferred
-# only when capacity or constraints force it; the penalty grows with age so nothing starves, and
-# grows further as a deadline nears, so urgent jobs win the scarce capacity.
-DEFERRAL_BASE_USD = 1.0
-DEFERRAL_GROWTH_PER_MINUTE = 1.0
-DEADLINE_URGENCY_WINDOW_S = 600.0
-DEADLINE_URGENCY_FACTOR = 10.0
 # Small windows go to the exact MILP (one job is a large share of the cost there, and HiGHS proves
 # optimality in well under a second); larger ones to the fast Lagrangian path (gap ~0.01% at 10k).
 EXACT_MAX_JOBS = 64
 EXACT_TIME_LIMIT_S = 2.0
+
+
+# A deferred job's reason is stored only when it changes, so these texts say what blocks the job and
+# nothing that changes from tick to tick (amounts and solver details go to the plan's notes).
+CAPACITY_REASON = ("waiting: not enough free capacity or quality headroom this tick; its priority rises "
+                   "the longer it waits")
+BATCH_BUDGET_REASON = ("waiting: its batch's max_cost_usd leaves too little for this job beside the others "
+                       "planned (the batch's remaining budget is in the tick's notes)")
+NEVER_PREFIX = "no model can ever serve this job:"
 
 
 class Prediction(Protocol):
@@ -54,6 +58,7 @@ class Eligibility:
     mask: np.ndarray              # (N, M) bool
     blocked_by: list[str | None]  # per job: why no model is eligible (None when one is)
     late: np.ndarray              # (N,) bool: no model meets the deadline; fastest one allowed
+    never: list[str | None]       # per job: why no fleet model can ever serve it (None when one can)
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ class OptimizingPolicy:
              tick_id: str) -> Plan:
         past_deadline = [j for j in jobs if j.deadline_at is not None and j.deadline_at <= now]
         live = [j for j in jobs if j.deadline_at is None or j.deadline_at > now]
-        expired = tuple(Deferral(j.id, "deadline passed before the job could be scheduled", expire=True)
+        expired = tuple(Deferral(j.id, "deadline passed before the job could be scheduled", Ending.EXPIRED)
                         for j in past_deadline)
         if not live:
             return Plan(tick_id, now, self.name, (), expired)
@@ -91,7 +96,8 @@ class OptimizingPolicy:
         est = estimate_window(live, self.fleet, states, prediction.p_success, prediction.output_tokens)
         capacity = np.array([free_capacity(spec, state, self.horizon_s, float(np.median(est.latency_s[:, j])))
                              for j, (spec, state) in enumerate(zip(self.fleet.models, states, strict=True))])
-        eligibility = _eligibility(live, self.fleet, capacity, est, now)
+        hosted = np.array([state.live_workers > 0 for state in states], dtype=bool)
+        eligibility = _eligibility(live, self.fleet, hosted, capacity, est, now)
         pinned = np.full(len(live), NOT_PINNED)
         if self.exploration is not None:
             counts = self.feedback.label_counts or (0,) * len(self.fleet.models)
@@ -115,17 +121,18 @@ class OptimizingPolicy:
         late_list = eligibility.late.tolist()
         for i, job in enumerate(live):
             j = chosen_list[i]
-            if late_list[i] and job.expire_on_deadline_miss:
+            if eligibility.never[i] is not None:
+                deferrals.append(Deferral(job.id, eligibility.never[i] or "", Ending.FAILED))
+            elif late_list[i] and job.expire_on_deadline_miss:
                 deferrals.append(Deferral(job.id, "no model can finish before the deadline; expired as asked",
-                                          expire=True))
+                                          Ending.EXPIRED))
             elif j >= 0:
                 assignments.append(Assignment(
                     job.id, names[j], reasons.p[i][j], reasons.cost[i][j], reasons(i, j, job)))
             elif solved_list[i] >= 0:
-                deferrals.append(Deferral(job.id, f"batch budget: ${job.batch_budget_left_usd:.6f} left, "
-                                                  "not enough for this job with the others planned"))
+                deferrals.append(Deferral(job.id, BATCH_BUDGET_REASON))
             else:
-                deferrals.append(Deferral(job.id, eligibility.blocked_by[i] or _capacity_reason(solution.relaxations)))
+                deferrals.append(Deferral(job.id, eligibility.blocked_by[i] or CAPACITY_REASON))
         return Plan(tick_id, now, self.name, tuple(assignments), tuple(deferrals),
                     objective_usd=solution.objective_usd, lower_bound_usd=solution.lower_bound_usd,
                     notes=(f"solver {solution.solver} {solution.status.value} in {solution.solve_time_s * 1e3:.1f} ms",
@@ -133,14 +140,14 @@ class OptimizingPolicy:
                                                                                        strict=True)),
                            f"exploring {int((pinned != NOT_PINNED).sum())} jobs; promise margin "
                            f"+{self.feedback.promise_gap:.3f}",
+                           *_budget_notes(live),
                            *solution.relaxations))
 
 
 def _deferral_penalty(jobs: Sequence[WindowJob], est: WindowEstimates, now: dt.datetime) -> np.ndarray:
-    ages_min = np.array([max(0.0, (now - j.created_at).total_seconds() / 60.0) for j in jobs])
+    ages_min = np.array([(now - j.created_at).total_seconds() / 60.0 for j in jobs])
     slack_s = np.array([seconds_until(j.deadline_at, now) for j in jobs]) - est.finish_s.min(axis=1)
-    urgency = np.clip(1.0 - slack_s / DEADLINE_URGENCY_WINDOW_S, 0.0, 1.0)
-    return DEFERRAL_BASE_USD * (1.0 + DEFERRAL_GROWTH_PER_MINUTE * ages_min) * (1.0 + DEADLINE_URGENCY_FACTOR * urgency)
+    return deferral_penalty_usd(ages_min, slack_s)
 
 
 def _within_batch_budgets(jobs: Sequence[WindowJob], model_index: np.ndarray, cost_usd: np.ndarray) -> np.ndarray:
@@ -160,13 +167,14 @@ def _within_batch_budgets(jobs: Sequence[WindowJob], model_index: np.ndarray, co
     return chosen
 
 
-def _eligibility(jobs: Sequence[WindowJob], fleet: Fleet, capacity: np.ndarray,
+def _eligibility(jobs: Sequence[WindowJob], fleet: Fleet, hosted: np.ndarray, capacity: np.ndarray,
                  est: WindowEstimates, now: dt.datetime) -> Eligibility:
     names = fleet.names
     n, m = est.cost_usd.shape
     allowed = np.array([[job.allowed_models is None or name in job.allowed_models for name in names]
                         for job in jobs], dtype=bool).reshape(n, m)
-    serving = (capacity > 0)[None, :] & allowed
+    live = hosted[None, :] & allowed
+    serving = (capacity > 0)[None, :] & live
     floor = np.array([job.min_quality if job.min_quality is not None else 0.0 for job in jobs])
     good_enough = serving & (est.p_success >= floor[:, None])
     # A job's own cap, and its batch's remaining budget: no single run may exceed either.
@@ -182,14 +190,35 @@ def _eligibility(jobs: Sequence[WindowJob], fleet: Fleet, capacity: np.ndarray,
     for i in np.flatnonzero(late):
         finish = np.where(affordable[i], est.finish_s[i], np.inf)
         mask[i, int(np.argmin(finish))] = True
+    never = _never_servable(jobs, names, allowed, est)
     steps = [(allowed, "none of its allowed_models is in the fleet"),
-             (serving, "no live worker with free capacity hosts any model it may use"),
-             (good_enough, "min_quality is above every available model's predicted success"),
-             (affordable, "max_cost_usd or the batch's remaining budget is below every suitable model's cost")]
+             (live, "waiting: no live worker hosts any model it may use"),
+             (serving, CAPACITY_REASON),
+             (good_enough, "waiting: min_quality is above every available model's predicted success"),
+             (affordable, "waiting: max_cost_usd or the batch's remaining budget is below every suitable model's cost")]
     blocked_by: list[str | None] = [None] * n
     for i in np.flatnonzero(~mask.any(axis=1)):
         blocked_by[i] = next(text for step, text in steps if not step[i].any())
-    return Eligibility(mask, blocked_by, late)
+    return Eligibility(mask, blocked_by, late, never)
+
+
+def _never_servable(jobs: Sequence[WindowJob], names: Sequence[str], allowed: np.ndarray,
+                    est: WindowEstimates) -> list[str | None]:
+    """Per job, why no model of the fleet can ever serve it as submitted (None when one can):
+    none of its allowed models is in the fleet, or its own max_cost_usd is below what every
+    allowed model charges for the shortest possible answer (one output token). Such a job fails
+    at once instead of waiting for capacity that would not help."""
+    own_cap = np.array([np.inf if job.max_cost_usd is None else job.max_cost_usd for job in jobs])
+    floor = np.where(allowed, est.min_cost_usd, np.inf)
+    cheapest = floor.argmin(axis=1)
+    cheapest_cost = floor[np.arange(len(jobs)), cheapest]
+    never: list[str | None] = [None] * len(jobs)
+    for i in np.flatnonzero(~allowed.any(axis=1)):
+        never[i] = f"{NEVER_PREFIX} none of its allowed_models is in the fleet ({', '.join(names)})"
+    for i in np.flatnonzero(allowed.any(axis=1) & (cheapest_cost > own_cap)):
+        never[i] = (f"{NEVER_PREFIX} max_cost_usd ${own_cap[i]:.8f} is below every allowed model's cost for a "
+                    f"one-token answer (cheapest: {names[cheapest[i]]} ${cheapest_cost[i]:.8f})")
+    return never
 
 
 def _quality_groups(jobs: Sequence[WindowJob]) -> tuple[np.ndarray, np.ndarray]:
@@ -247,6 +276,6 @@ class _Reasons:
             f" — {'; '.join(alternatives)}" if alternatives else "") + late
 
 
-def _capacity_reason(relaxations: Sequence[str]) -> str:
-    detail = f" ({'; '.join(relaxations)})" if relaxations else ""
-    return "deferred: not enough free capacity or quality headroom in this window" + detail
+def _budget_notes(jobs: Sequence[WindowJob]) -> list[str]:
+    left = {j.batch_id: j.batch_budget_left_usd for j in jobs if j.batch_budget_left_usd is not None}
+    return [f"batch {batch_id} has ${budget:.6f} of its max_cost_usd left" for batch_id, budget in left.items()]

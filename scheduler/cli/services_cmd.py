@@ -68,15 +68,29 @@ def tick(dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only: pri
          as_json: Annotated[bool, typer.Option("--json", help="Print the whole plan as JSON.")] = False) -> None:
     """Run one scheduling tick now and print its plan."""
     from scheduler.loop import Scheduler
+    from scheduler.storage import utcnow
+    from scheduler.storage.leader import LeaderLock
 
-    report = Scheduler.from_settings(settings()).tick(dry_run=dry_run)
+    scheduler = Scheduler.from_settings(settings())
+    if dry_run:
+        report = scheduler.tick(dry_run=True)
+    else:
+        # A tick that commits is a leader's tick: take leadership for it, or leave it to the one who has it.
+        leader = LeaderLock(scheduler.db)
+        try:
+            term = leader.try_acquire(utcnow())
+            if term is None:
+                fail("a running scheduler leads the tick; use --dry-run to see its next plan")
+            report = scheduler.tick(term=term)
+        finally:
+            leader.release()
     if as_json:
         typer.echo(json.dumps(report.plan.to_dict(), indent=2))
         return
     for assignment in report.plan.assignments:
         typer.echo(f"assign {assignment.job_id} -> {assignment.model}: {assignment.reason}")
     for deferral in report.plan.deferrals:
-        typer.echo(f"{'expire' if deferral.expire else 'defer'} {deferral.job_id}: {deferral.reason}")
+        typer.echo(f"{deferral.ending.value if deferral.ending else 'defer'} {deferral.job_id}: {deferral.reason}")
     for note in report.plan.notes:
         typer.echo(f"note: {note}")
     typer.echo(report.summary())

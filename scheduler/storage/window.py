@@ -3,6 +3,14 @@
 Claiming and committing happen in one transaction: the claimed rows stay locked
 (``FOR UPDATE SKIP LOCKED`` on Postgres; the database write lock on SQLite) until the plan is
 committed, so two ticks running at once see disjoint windows and never dispatch a job twice.
+
+The window is chosen from the backlog by urgency (scheduler/urgency.py), with index scans whose
+cost follows the window and not the backlog: first the pending jobs whose deadline is within
+URGENT_DEADLINE_LEAD_S (nearest first), then the oldest.
+
+A deferral is written (the job's reason, one decision row) only when its reason changes: a
+backlog waiting through many ticks costs nothing per tick, and the decision history stays
+proportional to what happened to each job.
 """
 from __future__ import annotations
 
@@ -12,15 +20,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, case, func, insert, select, text, update
+from sqlalchemy import Select, Table, case, delete, func, insert, literal, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from scheduler.fleet import Fleet
-from scheduler.plan import ModelState, Plan, WindowJob
+from scheduler.plan import Deferral, ModelState, Plan, WindowJob
 from scheduler.storage.database import Database, rows_affected
-from scheduler.storage.tables import Batch, Decision, Job, WorkerHeartbeat, prompt_text
-from scheduler.storage.types import JobStatus
+from scheduler.storage.leader import LeaderTerm, confirm_term
+from scheduler.storage.tables import Batch, Decision, Job, Tick, WorkerHeartbeat, prompt_text
+from scheduler.storage.types import JobStatus, utcnow
+from scheduler.urgency import URGENT_DEADLINE_LEAD_S
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 DECISIONS: Table = Decision.__table__  # type: ignore[assignment]
@@ -32,6 +42,20 @@ DECISION_COLUMNS = ("job_id", "tick_id", "action", "model", "reason", "predicted
 class LeaseRecovery:
     requeued: int   # lost messages or lost workers: back to pending, planned again next tick
     failed: int     # ran out of attempts
+    expired: int = 0  # still pending past their max_pending
+
+    @property
+    def changed_anything(self) -> bool:
+        return bool(self.requeued or self.failed or self.expired)
+
+
+@dataclass(frozen=True)
+class TickRecord:
+    """What the ``ticks`` table keeps of a committed tick."""
+
+    term: LeaderTerm | None   # None: an unfenced tick (tests, a one-off run with no leader)
+    started_at: dt.datetime
+    window_jobs: int
 
 
 @dataclass(frozen=True)
@@ -47,27 +71,75 @@ class WindowStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def recover_expired_leases(self, now: dt.datetime, max_attempts: int) -> LeaseRecovery:
-        """Jobs whose lease ran out go back to pending (or fail after max_attempts runs)."""
+    def recover_expired_leases(self, now: dt.datetime, max_attempts: int,
+                               term: LeaderTerm | None = None) -> LeaseRecovery:
+        """Jobs whose lease ran out go back to pending (or fail after max_attempts runs); jobs
+        pending past their max_pending end ``expired`` with the last reason they were given."""
         expired = (Job.status.in_(ACTIVE_STATUSES), Job.lease_expires_at < now)
         with self.db.session() as session:
             failed = rows_affected(session.execute(
-                update(Job).where(*expired, Job.attempts >= max_attempts)
+                update(Job).where(Job.id.in_(_lockable_in_id_order(*expired, Job.attempts >= max_attempts)))
                 .values(status=JobStatus.FAILED, finished_at=now, updated_at=now, lease_expires_at=None,
                         error=f"lease expired after {max_attempts} attempts (worker lost or model hung)")
             ))
             requeued = rows_affected(session.execute(
-                update(Job).where(*expired)
+                update(Job).where(Job.id.in_(_lockable_in_id_order(*expired)))
                 .values(status=JobStatus.PENDING, updated_at=now, lease_expires_at=None, dispatch_id=None,
                         run_token=None, error="lease expired; re-planned")
             ))
-        return LeaseRecovery(requeued=requeued, failed=failed)
+            too_old = rows_affected(session.execute(
+                update(Job).where(Job.status == JobStatus.PENDING, Job.expires_at <= now)
+                .values(status=JobStatus.EXPIRED, finished_at=now, updated_at=now,
+                        error=literal("not scheduled within its max_pending; last reason: ")
+                        + func.coalesce(Job.assignment_reason, "none recorded"))))
+            if term is not None and (failed or requeued or too_old):
+                confirm_term(session, term, now)
+        return LeaseRecovery(requeued=requeued, failed=failed, expired=too_old)
 
-    def pending_job_ids(self, limit: int) -> list[str]:
-        """The ids of the next ``limit`` pending jobs, in claim order (no lock: a read-ahead)."""
+    def next_window_ids(self, limit: int, now: dt.datetime) -> list[str]:
+        """The ids the next window would claim, in its order (no lock: a read-ahead, so the
+        scheduler can score them while it waits for the tick)."""
         with self.db.session() as session:
-            return list(session.scalars(select(Job.id).where(Job.status == JobStatus.PENDING)
-                                        .order_by(Job.created_at, Job.id).limit(limit)))
+            urgent = list(session.scalars(_urgent_first(select(Job.id), limit, now)))
+            return urgent + list(session.scalars(_oldest_first(select(Job.id), limit - len(urgent), urgent)))
+
+    def queued_dispatches(self, queued_before: dt.datetime) -> dict[str, set[str]]:
+        """model -> dispatch ids of jobs queued (published, not yet started) before the time given."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Job.assigned_model, Job.dispatch_id).distinct()
+                .where(Job.status == JobStatus.QUEUED, Job.queued_at <= queued_before,
+                       Job.dispatch_id.is_not(None))).all()
+        found: dict[str, set[str]] = {}
+        for model, dispatch_id in rows:
+            found.setdefault(str(model), set()).add(str(dispatch_id))
+        return found
+
+    def replan_lost_dispatches(self, dispatch_ids: set[str], now: dt.datetime,
+                               term: LeaderTerm | None = None) -> int:
+        """Jobs still queued under a dispatch whose message the broker lost go back to pending at
+        once (no attempt counted: they never ran). A worker that claimed one meanwhile keeps it:
+        the job is no longer ``queued``."""
+        if not dispatch_ids:
+            return 0
+        with self.db.session() as session:
+            moved = rows_affected(session.execute(
+                update(Job).where(Job.status == JobStatus.QUEUED, Job.dispatch_id.in_(sorted(dispatch_ids)))
+                .values(status=JobStatus.PENDING, dispatch_id=None, lease_expires_at=None, updated_at=now,
+                        error="its message was lost on the broker; re-planned")))
+            if term is not None and moved:
+                confirm_term(session, term, now)
+        return moved
+
+    def prune_history(self, before: dt.datetime, max_rows: int) -> int:
+        """Delete up to ``max_rows`` decisions (and ticks) older than ``before``; the jobs keep
+        their final reason. Bounded per call so the loop never stalls on a large backlog of history."""
+        with self.db.session() as session:
+            old_decisions = select(Decision.id).where(Decision.created_at < before).limit(max_rows)
+            pruned = rows_affected(session.execute(delete(Decision).where(Decision.id.in_(old_decisions))))
+            old_ticks = select(Tick.tick_id).where(Tick.started_at < before).limit(max_rows)
+            pruned += rows_affected(session.execute(delete(Tick).where(Tick.tick_id.in_(old_ticks))))
+        return pruned
 
     def prompt_texts(self, job_ids: Sequence[str]) -> dict[str, str]:
         """The text the predictor scores, per job id."""
@@ -89,18 +161,20 @@ class ClaimedWindow:
         self.session = session
         self.is_sqlite = is_sqlite
 
-    def claim_pending(self, limit: int) -> list[WindowJob]:
-        """Lock up to ``limit`` pending jobs, oldest first, skipping rows another tick holds."""
+    def claim_pending(self, limit: int, now: dt.datetime) -> list[WindowJob]:
+        """Lock up to ``limit`` pending jobs, most urgent first (see the module doc), skipping rows
+        another tick holds."""
         # Plain columns, not ORM objects: a 10k-job window is read in one pass without identity-map work.
-        query = (select(*CLAIMED_COLUMNS, Batch.alpha, Batch.max_cost_usd.label("batch_cap"))
-                 .outerjoin(Batch, Job.batch_id == Batch.id)
-                 .where(Job.status == JobStatus.PENDING)
-                 .order_by(Job.created_at, Job.id).limit(limit)
-                 .with_for_update(skip_locked=True, of=Job.__table__))
-        rows = self.session.execute(query).all()
+        columns = select(*CLAIMED_COLUMNS, Batch.alpha, Batch.max_cost_usd.label("batch_cap")).outerjoin(
+            Batch, Job.batch_id == Batch.id)
+        urgent = self._locked(_urgent_first(columns, limit, now))
+        rows = urgent + self._locked(_oldest_first(columns, limit - len(urgent), [row.id for row in urgent]))
         committed = self._batch_spend({row.batch_id for row in rows if row.batch_cap is not None})
         return [_window_job(row, None if row.batch_cap is None else row.batch_cap - committed.get(row.batch_id, 0.0))
                 for row in rows]
+
+    def _locked(self, query: Select[Any]) -> list[Row[Any]]:
+        return list(self.session.execute(query.with_for_update(skip_locked=True, of=Job.__table__)).all())
 
     def _batch_spend(self, batch_ids: set[str | None]) -> dict[str | None, float]:
         """Per batch: real cost of finished jobs + predicted cost reserved by queued/running ones."""
@@ -131,25 +205,28 @@ class ClaimedWindow:
                 mean_latency_s=_weighted_mean([(b.mean_latency_s, b.jobs_done) for b in mine])))
         return states
 
-    def commit_plan(self, plan: Plan, dispatches: Sequence[Dispatch], now: dt.datetime,
-                    queue_lease_s: float) -> None:
-        """Mark assigned jobs queued (with their dispatch and lease), record every decision."""
+    def commit_plan(self, plan: Plan, dispatches: Sequence[Dispatch], jobs: Sequence[WindowJob], now: dt.datetime,
+                    queue_lease_s: float, record: TickRecord) -> None:
+        """Mark assigned jobs queued (with their dispatch and lease), end the jobs the plan ends,
+        store the reasons of deferrals that changed, record each of those decisions and the tick;
+        last, confirm this leader's term (LostLeadership rolls the whole tick back)."""
         dispatch_of = {job_id: d.dispatch_id for d in dispatches for job_id in d.job_ids}
         lease = now + dt.timedelta(seconds=queue_lease_s)
-        if plan.assignments:
-            self._queue_assigned(plan, dispatch_of, lease, now)
-        expired = [d for d in plan.deferrals if d.expire]
-        if expired:
+        last_reason = {job.id: job.last_reason for job in jobs}
+        ended = [d for d in plan.deferrals if d.ending is not None]
+        changed = [d for d in plan.deferrals if d.ending is None and d.reason != last_reason.get(d.job_id)]
+        self._write_plan(plan, changed, dispatch_of, lease, now)
+        if ended:
             self.session.execute(update(Job), [
-                {"id": d.job_id, "status": JobStatus.EXPIRED, "error": d.reason, "finished_at": now,
-                 "updated_at": now} for d in expired])
+                {"id": d.job_id, "status": JobStatus(d.ending), "error": d.reason, "assignment_reason": d.reason,
+                 "finished_at": now, "updated_at": now} for d in ended if d.ending is not None])
         # one row per decision, in DECISION_COLUMNS order
         decisions = [
             (a.job_id, plan.tick_id, "assigned", a.model, a.reason, a.predicted_quality, a.predicted_cost_usd, now)
             for a in plan.assignments
         ] + [
-            (d.job_id, plan.tick_id, "expired" if d.expire else "deferred", None, d.reason, None, None, now)
-            for d in plan.deferrals
+            (d.job_id, plan.tick_id, d.ending.value if d.ending else "deferred", None, d.reason, None, None, now)
+            for d in (*ended, *changed)
         ]
         if decisions and not self.is_sqlite:
             # Postgres: COPY, one stream for the whole window (an INSERT per row through the
@@ -158,6 +235,14 @@ class ClaimedWindow:
         elif decisions:
             # Core insert: one multi-row statement per chunk, no ORM bookkeeping per decision.
             self.session.execute(insert(DECISIONS), [dict(zip(DECISION_COLUMNS, row, strict=True)) for row in decisions])
+        if decisions:
+            term = record.term
+            self.session.execute(insert(Tick).values(
+                tick_id=plan.tick_id, epoch=term.epoch if term else 0, holder=term.holder if term else "unfenced",
+                started_at=record.started_at, committed_at=utcnow(), window_jobs=record.window_jobs,
+                assigned=len(plan.assignments), deferred=len(changed), expired=len(ended)))
+        if record.term is not None:
+            confirm_term(self.session, record.term, now)
 
     def _copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         """COPY ``rows`` into ``table`` on the tick's own connection (inside its transaction)."""
@@ -168,29 +253,47 @@ class ClaimedWindow:
             for row in rows:
                 copy.write_row(row)
 
-    def _queue_assigned(self, plan: Plan, dispatch_of: dict[str, str], lease: dt.datetime, now: dt.datetime) -> None:
-        per_job = [(a.job_id, a.model, a.reason, a.predicted_quality, a.predicted_cost_usd, dispatch_of[a.job_id])
-                   for a in plan.assignments]
+    def _write_plan(self, plan: Plan, changed: Sequence[Deferral], dispatch_of: dict[str, str],
+                    lease: dt.datetime, now: dt.datetime) -> None:
+        """Assigned jobs -> queued with their model, reason, prediction, dispatch and lease;
+        deferred jobs whose reason changed -> that reason (they stay pending)."""
+        # (id, model, reason, quality, cost, dispatch); no model: a deferral's new reason
+        per_job: list[tuple[str, str | None, str, float | None, float | None, str | None]] = [
+            (a.job_id, a.model, a.reason, a.predicted_quality, a.predicted_cost_usd, dispatch_of[a.job_id])
+            for a in plan.assignments]
+        per_job += [(d.job_id, None, d.reason, None, None, None) for d in changed]
+        if not per_job:
+            return
         if self.is_sqlite:
             # The embedded default plans small windows; SQLite has no arrays for the form below.
             common = {"status": JobStatus.QUEUED, "lease_expires_at": lease, "queued_at": now, "updated_at": now}
-            self.session.execute(update(Job), [
-                {"id": i, "assigned_model": m, "assignment_reason": r, "predicted_quality": q,
-                 "predicted_cost_usd": c, "dispatch_id": d} | common for i, m, r, q, c, d in per_job])
+            if plan.assignments:
+                self.session.execute(update(Job), [
+                    {"id": i, "assigned_model": m, "assignment_reason": r, "predicted_quality": q,
+                     "predicted_cost_usd": c, "dispatch_id": d} | common
+                    for i, m, r, q, c, d in per_job if m is not None])
+            if changed:
+                self.session.execute(update(Job), [{"id": d.job_id, "assignment_reason": d.reason, "updated_at": now}
+                                                   for d in changed])
             return
-        # Postgres: COPY the plan into a temporary table, then one UPDATE joined to it (25% faster
-        # at 10k jobs than passing six bound arrays through unnest, which the driver adapts value
-        # by value; an UPDATE per job is ~10x slower).
+        # Postgres: COPY the plan into a temporary table, then one UPDATE joined to it per kind of
+        # row (25% faster at 10k jobs than passing six bound arrays through unnest, which the
+        # driver adapts value by value; an UPDATE per job is ~10x slower).
         self.session.execute(text(
             "CREATE TEMPORARY TABLE IF NOT EXISTS tick_plan (id varchar, model varchar, reason text,"
             " quality float8, cost float8, dispatch varchar) ON COMMIT DELETE ROWS"))
         self._copy_rows("tick_plan", ("id", "model", "reason", "quality", "cost", "dispatch"), per_job)
-        self.session.execute(text(
-            "UPDATE jobs SET status = :status, assigned_model = p.model, assignment_reason = p.reason,"
-            " predicted_quality = p.quality, predicted_cost_usd = p.cost, dispatch_id = p.dispatch,"
-            " lease_expires_at = :lease, queued_at = :now, updated_at = :now"
-            " FROM tick_plan AS p WHERE jobs.id = p.id"),
-            {"status": JobStatus.QUEUED.value, "lease": lease, "now": now})
+        if plan.assignments:
+            self.session.execute(text(
+                "UPDATE jobs SET status = :status, assigned_model = p.model, assignment_reason = p.reason,"
+                " predicted_quality = p.quality, predicted_cost_usd = p.cost, dispatch_id = p.dispatch,"
+                " lease_expires_at = :lease, queued_at = :now, updated_at = :now"
+                " FROM tick_plan AS p WHERE jobs.id = p.id AND p.model IS NOT NULL"),
+                {"status": JobStatus.QUEUED.value, "lease": lease, "now": now})
+        if changed:
+            self.session.execute(text(
+                "UPDATE jobs SET assignment_reason = p.reason, updated_at = :now"
+                " FROM tick_plan AS p WHERE jobs.id = p.id AND p.model IS NULL"), {"now": now})
 
 
 def _weighted_mean(values: list[tuple[float | None, int]]) -> float | None:
@@ -201,7 +304,30 @@ def _weighted_mean(values: list[tuple[float | None, int]]) -> float | None:
 
 
 CLAIMED_COLUMNS = (Job.id, Job.batch_id, Job.prompt, Job.messages, Job.max_tokens, Job.min_quality, Job.deadline_at,
-                   Job.allowed_models, Job.max_cost_usd, Job.created_at, Job.attempts, Job.on_deadline_miss)
+                   Job.allowed_models, Job.max_cost_usd, Job.created_at, Job.attempts, Job.on_deadline_miss,
+                   Job.assignment_reason)
+
+
+def _lockable_in_id_order(*conditions: Any) -> Select[Any]:
+    """The ids of matching jobs, locked in id order and skipping rows another transaction holds:
+    workers lock a micro-batch's rows in id order too (storage/results.py), so the two never
+    deadlock, and a row a worker is writing right now is left to it (its lease is being cleared)."""
+    return select(Job.id).where(*conditions).order_by(Job.id).with_for_update(skip_locked=True)
+
+
+def _urgent_first(query: Select[Any], limit: int, now: dt.datetime) -> Select[Any]:
+    """Pending jobs whose deadline is near, nearest first (the partial index on deadline_at)."""
+    return (query.where(Job.status == JobStatus.PENDING,
+                        Job.deadline_at <= now + dt.timedelta(seconds=URGENT_DEADLINE_LEAD_S))
+            .order_by(Job.deadline_at, Job.id).limit(max(limit, 0)))
+
+
+def _oldest_first(query: Select[Any], limit: int, already: Sequence[str]) -> Select[Any]:
+    """Pending jobs, oldest first (the index on status, created_at), except those ``already`` taken."""
+    query = query.where(Job.status == JobStatus.PENDING)
+    if already:
+        query = query.where(Job.id.not_in(list(already)))
+    return query.order_by(Job.created_at, Job.id).limit(max(limit, 0))
 
 
 def _window_job(row: Row[Any], budget_left_usd: float | None) -> WindowJob:
@@ -211,5 +337,5 @@ def _window_job(row: Row[Any], budget_left_usd: float | None) -> WindowJob:
         allowed_models=tuple(row.allowed_models) if row.allowed_models else None,
         max_cost_usd=row.max_cost_usd, batch_alpha=row.alpha, created_at=row.created_at,
         attempts=row.attempts, expire_on_deadline_miss=row.on_deadline_miss == "expire",
-        batch_budget_left_usd=budget_left_usd,
+        batch_budget_left_usd=budget_left_usd, last_reason=row.assignment_reason,
     )

@@ -1,16 +1,23 @@
 """Helpers for fault tests: a stack with short leases, service restarts, final accounting."""
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import os
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+
+import psycopg
 
 from scheduler.client import SwitchyardClient
 from scheduler.embedded import EmbeddedStack
 from scheduler.settings import Settings
-from tests.conftest import free_port, make_settings
+from scheduler.storage import Database
+from scheduler.storage.leader import TICK_LOCK_KEY, current_leader
+from tests.conftest import POSTGRES_ADMIN_DSN, free_port, make_settings
 
 FINAL = {"succeeded", "failed", "cancelled", "expired"}
 
@@ -100,3 +107,66 @@ def stack_process_running(stack: EmbeddedStack, api: SwitchyardClient, job_ids: 
             if process.pid == main_pid:
                 return name
     return None
+
+
+def echo_fleet(tmp_path: Path, name: str = "echo", max_batch_jobs: int = 32, delay_s: float = 0.0) -> Path:
+    """A fleet of one echo model (workers/backends/echo.py): a worker that starts in a second and
+    answers with the prompt, for faults whose subject is the scheduler, not a model."""
+    path = tmp_path / "echo-fleet.toml"
+    path.write_text(f'''
+[[models]]
+name = "{name}"
+backend = "echo"
+weights = "none"
+usd_per_second = 0.000001
+capacity_jobs = 64
+max_batch_jobs = {max_batch_jobs}
+tokens_per_second_prior = 1000.0
+
+[models.options]
+delay_s = {delay_s}
+''')
+    return path
+
+
+@contextlib.contextmanager
+def connections_refused(database_url: str) -> Iterator[None]:
+    """The database refuses new connections and its open ones are terminated, for as long as the
+    block runs (the other databases of the cluster are untouched)."""
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                          "AND pid <> pg_backend_pid()", (name,))
+            yield
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+def terminate_leader_lock_connection(database_url: str) -> int:
+    """Cut the connection that holds the tick's advisory lock; returns its backend pid."""
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+            "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = %s "
+            "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s", (name, TICK_LOCK_KEY)).fetchone()
+        assert row is not None, "no scheduler holds the tick lock"
+        admin.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        return int(row[0])
+
+
+def wait_for_tick_after(db: Database, moment: dt.datetime, timeout_s: float) -> float:
+    """Seconds until the leader records a tick later than ``moment`` (fails after timeout_s)."""
+    start = time.monotonic()
+
+    def ticked() -> bool:
+        try:
+            leader = current_leader(db)
+        except Exception:  # noqa: BLE001 - the database may still be coming back
+            return False
+        return leader is not None and leader.last_tick_at is not None and leader.last_tick_at > moment
+
+    wait_for(ticked, timeout_s, f"a tick within {timeout_s:.0f}s of {moment.isoformat()}", interval_s=0.1)
+    return time.monotonic() - start

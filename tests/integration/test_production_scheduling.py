@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from scheduler.fleet import Fleet, load_fleet
 from scheduler.jobspec import BatchSpec, JobSpec
 from scheduler.loop import Scheduler, default_policy
+from scheduler.plan import Ending
 from scheduler.storage import Beat, Database, HeartbeatStore, JobStatus, JobStore, utcnow
 from scheduler.storage.tables import Job
 from scheduler.tick import TickReport, run_tick
@@ -106,7 +107,7 @@ def test_a_deadline_no_model_can_meet_runs_late_flagged_or_expires(pg_db: Databa
     [assignment] = report.plan.assignments
     assert assignment.job_id == late[0] and assignment.model == FAST and "WILL MISS DEADLINE" in assignment.reason
     [expiry] = report.plan.deferrals
-    assert expiry.job_id == expire[0] and expiry.expire
+    assert expiry.job_id == expire[0] and expiry.ending is Ending.EXPIRED
     with pg_db.session() as session:
         assert session.get(Job, expire[0]).status is JobStatus.EXPIRED  # type: ignore[union-attr]
 
