@@ -7,11 +7,16 @@ integral. ``lp_core`` finds that LP optimum in a fraction of the time HiGHS need
 Lagrangian dual value is a valid lower bound on the integer optimum: the reported gap is measured.
 
 Rounding: each fractional job takes its largest LP column, which can break a capacity or quality
-row by a job's worth; ``repair`` then makes the cheapest single-job moves that restore them and
-polishes with cost-saving moves and swaps among the jobs nearest a tie (repair.py). The cost over
+row by a job's worth; ``repair`` then makes the cheapest moves that restore them and polishes with
+cost-saving moves and trades among the jobs nearest a tie (repair.py; capacity short, those
+include the jobs nearest the deferral margin, so a scheduled job can trade places with a waiting
+one). Every step is near-linear in the window: the trades look at a bounded pool. The cost over
 the LP is the price of integrality on a few jobs: ~0.1% of the window at 1k jobs, ~0.005% at
 10k (benchmarks/bench_optimizer.py). On windows of a few dozen jobs one job is a large share of
 the cost and the gap can reach a few %; the exact MILP is cheap there and the better choice.
+Capacity short, a fractional job can carry a penalty of hundreds of USD, and the LP bound can sit
+that far below the integer optimum; measured against exact HiGHS the plans are within cents of
+it, but for one window 30 USD over it (docs/optimizer.md).
 
 If no single-job move can restore a row (every model full, say), HiGHS solves the rounding as a
 MILP over the near-tie jobs, then over the whole core, then over every job, within the time
@@ -25,12 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from scheduler.optimizer.highs_model import cost_scale, quality_coeff, solve_subset
-from scheduler.optimizer.lp_core import option_gaps, reduced_costs, solve_lp
+from scheduler.optimizer.lp_core import MARGIN_SHARE, nearest_ties, reduced_costs, solve_lp
 from scheduler.optimizer.problem import AssignmentProblem
 from scheduler.optimizer.repair import repair
 
-MIN_NEIGHBOURHOOD = 300    # jobs nearest a tie that the repair may swap
+MIN_NEIGHBOURHOOD = 300    # jobs nearest a tie that the repair may trade
 NEIGHBOURHOOD_PER_FRACTIONAL = 4
+MAX_NEIGHBOURHOOD = 400    # with the margin share below, within repair.MAX_POOL
 # The fallback rounding MILP stops once its incumbent is this close (relative to the whole window's LP
 # value) to its own bound: proving the last 1e-6 of a knapsack-like sub-problem can take seconds.
 ROUNDING_GAP = 1e-5
@@ -72,11 +78,11 @@ def solve_fast(problem: AssignmentProblem, witness: np.ndarray, *, time_limit_s:
     frac = np.unique(lp.lp.columns.job[(x > 1e-6) & (x < 1 - 1e-6)])
 
     r = reduced_costs(problem, coeff, lp.lp.mu, lp.lp.lam)
-    gap = option_gaps(r)
-    gap[frac] = -np.inf
-    size = min(n, max(MIN_NEIGHBOURHOOD, NEIGHBOURHOOD_PER_FRACTIONAL * frac.size))
-    near = np.sort(np.argpartition(gap, size - 1)[:size])
-    plan = repair(problem, coeff, lp.choice, lp.lp.lam, near)
+    size = min(n, MAX_NEIGHBOURHOOD,
+               max(MIN_NEIGHBOURHOOD, NEIGHBOURHOOD_PER_FRACTIONAL * frac.size, frac.size))
+    margin = int(MARGIN_SHARE * size) if lp.short else 0
+    near = nearest_ties(r, size, margin, first=frac)
+    plan = repair(problem, coeff, lp.choice, lp.lp.lam, near, lp.short)
     if plan is not None:
         # An integral LP optimum that the repair left alone is the integer optimum.
         proven = frac.size == 0 and lp.slack <= 1e-9 and bool((plan == lp.choice).all())

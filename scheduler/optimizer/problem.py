@@ -42,6 +42,22 @@ class AssignmentProblem:
         return int(self.cost_usd.shape[1])
 
 
+def subproblem(problem: AssignmentProblem, rows: np.ndarray,
+               deferral_penalty_usd: np.ndarray | None = None) -> AssignmentProblem:
+    """The jobs ``rows`` of ``problem`` with the same models, capacities and groups (a group's
+    row then counts only these jobs); optionally with other deferral penalties for them."""
+    return AssignmentProblem(
+        cost_usd=problem.cost_usd[rows],
+        p_success=problem.p_success[rows],
+        capacity=problem.capacity,
+        eligible=problem.eligible[rows],
+        group=problem.group[rows],
+        alpha=problem.alpha,
+        deferral_penalty_usd=(problem.deferral_penalty_usd[rows] if deferral_penalty_usd is None
+                              else deferral_penalty_usd),
+    )
+
+
 class SolveStatus(str, enum.Enum):
     OPTIMAL = "optimal"        # proven optimal (gap within solver tolerance)
     FEASIBLE = "feasible"      # feasible, gap reported by lower_bound_usd

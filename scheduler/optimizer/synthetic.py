@@ -1,10 +1,13 @@
 """Random assignment problems with the structure of a real window, for tests and benchmarks.
 
-Costs span about two orders of magnitude across models (a CPU model at ~1/100 of the largest GPU
-or API model) and scale with each job's token count; the predicted success rises with the model's
-price and falls with the job's difficulty, so quality is bought with cost. The cheap models' free
-capacity is below the window size, and each group's alpha sits between the mean success of the
-cheapest plan and the best reachable one, so capacity and quality rows both bind.
+synthetic_problem, ample capacity: costs span about two orders of magnitude across models (a CPU
+model at ~1/100 of the largest GPU or API model) and scale with each job's token count; the
+predicted success rises with the model's price and falls with the job's difficulty, so quality is
+bought with cost. The cheap models' free capacity is below the window size, and each group's alpha
+sits between the mean success of the cheapest plan and the best reachable one, so capacity and
+quality rows both bind.
+
+scarce_problem: a busy scheduler's window, far more jobs than free slots (see its docstring).
 """
 from __future__ import annotations
 
@@ -69,6 +72,58 @@ def synthetic_problem(
         capacity=capacity,
         eligible=eligible,
         group=group,
+        alpha=alpha,
+        deferral_penalty_usd=penalty,
+    )
+
+
+def scarce_problem(
+    num_jobs: int,
+    num_models: int,
+    total_capacity: int,
+    *,
+    num_batches: int = 5,
+    batch_fraction: float = 0.25,
+    deadline_fraction: float = 0.1,
+    seed: int = 0,
+) -> AssignmentProblem:
+    """A window of a busy scheduler: far more jobs than free slots, deferral the usual outcome.
+
+    Deferral penalties of the scheduler's kind (its penalty grows with the minutes a job has
+    waited): 1 USD x (1 + age in minutes), ages uniform over 0-600 minutes, and for
+    ``deadline_fraction`` of the jobs up to 11x more as their deadline nears. Costs are token prices, ~1e-6..1e-2 USD per job, so the penalties sit 4-8 orders of
+    magnitude above them. ``total_capacity`` slots are spread unevenly over the models (the
+    cheap ones get fewer). ``num_batches`` batches, ``batch_fraction`` of the window together,
+    each carry a mean-quality target alpha in 0.5-0.8; every other job is in group 0, which has none.
+    """
+    rng = np.random.default_rng(seed)
+    n, m = num_jobs, num_models
+    price_per_ktok = np.logspace(-5, -2.3, m)
+    strength = np.linspace(-1.0, 2.0, m) + rng.normal(0.0, 0.1, m)
+    tokens_k = rng.lognormal(0.0, 0.8, n)
+    cost = tokens_k[:, None] * price_per_ktok[None, :] * rng.lognormal(0.0, 0.15, (n, m))
+    difficulty = rng.normal(0.5, 1.0, n)
+    logit = 1.7 * (strength[None, :] - difficulty[:, None]) + rng.normal(0.0, 0.4, (n, m))
+    p = 1.0 / (1.0 + np.exp(-logit))
+    eligible = rng.random((n, m)) < 0.9
+    eligible[:, -1] |= ~eligible.any(axis=1)
+
+    share = rng.uniform(0.5, 1.5, m) * np.linspace(0.6, 1.4, m)
+    capacity = np.floor(total_capacity * share / share.sum()).astype(np.int64)
+    capacity[np.argsort(-share)[: total_capacity - int(capacity.sum())]] += 1
+
+    group = np.where(rng.random(n) < batch_fraction, rng.integers(1, num_batches + 1, n), 0)
+    alpha = np.concatenate([[np.nan], np.linspace(0.5, 0.8, num_batches)])
+
+    age_min = rng.uniform(0.0, 600.0, n)
+    urgency = np.where(rng.random(n) < deadline_fraction, rng.uniform(0.0, 1.0, n), 0.0)
+    penalty = 1.0 * (1.0 + age_min) * (1.0 + 10.0 * urgency)
+    return AssignmentProblem(
+        cost_usd=cost,
+        p_success=p,
+        capacity=capacity,
+        eligible=eligible,
+        group=group.astype(np.int64),
         alpha=alpha,
         deferral_penalty_usd=penalty,
     )

@@ -158,3 +158,14 @@ def test_validate_rejects_malformed_problems(change):
         validate_problem(bad)
     with pytest.raises(InvalidRequest):
         solve(bad)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_scarce_slots_go_to_the_jobs_that_waited_longest(method):
+    # Two slots, five jobs: penalties (minutes waited) dwarf the costs, so the two oldest jobs run,
+    # each on the model that is cheaper for it, whatever the cost differences.
+    cost = [[1e-5, 2e-5], [3e-6, 1e-6], [1e-5, 1e-5], [2e-6, 9e-6], [5e-6, 1e-6]]
+    prob = _problem(cost, np.full((5, 2), 0.9), [1, 1], penalty=[31.0, 601.0, 12.0, 455.0, 3.0])
+    sol = solve(prob, method)
+    assert sol.model_index.tolist() == [-1, 1, -1, 0, -1]
+    assert sol.objective_usd == pytest.approx(31.0 + 12.0 + 3.0 + 1e-6 + 2e-6)

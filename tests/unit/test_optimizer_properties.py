@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.optimizer import AssignmentProblem, SolveStatus, fast, lp_core, solve
+from scheduler.optimizer import AssignmentProblem, SolveStatus, fast, lp_core, prices, repair, solve
 from scheduler.optimizer.highs_model import cost_scale, quality_coeff, solve_subset
 from scheduler.optimizer.plan_check import FEASIBILITY_TOL, objective_usd, violations
 from scheduler.optimizer.relax import relax
-from scheduler.optimizer.synthetic import synthetic_problem
+from scheduler.optimizer.synthetic import scarce_problem, synthetic_problem
 
 TOL = 1e-7
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -191,7 +191,8 @@ def test_column_generation_recovers_from_poor_prices(monkeypatch):
     # whose fixed option stops being its cheapest until the core LP is the full LP.
     problem = synthetic_problem(2000, 6, seed=4)
     coeff, scale = quality_coeff(problem), cost_scale(problem)
-    monkeypatch.setattr(lp_core, "smooth_prices", lambda p, *a: np.zeros(p.num_models + p.alpha.size))
+    monkeypatch.setattr(lp_core, "smooth_prices",
+                        lambda p, *a, **k: np.zeros(p.num_models + p.alpha.size))
     core = lp_core.solve_lp(problem, coeff, scale)
     full = solve_subset(problem, np.arange(problem.num_jobs), np.full(problem.num_jobs, -1),
                         coeff=coeff, scale=scale)
@@ -217,3 +218,119 @@ def test_fast_certifies_half_a_percent_on_a_10k_window():
     assert violations(problem, sol.model_index, sol.group_alpha_used) == []
     assert sol.gap <= 0.005
     assert sol.status is SolveStatus.FEASIBLE or sol.status is SolveStatus.OPTIMAL
+
+
+# --- Scarce capacity: far more jobs than slots, penalties 4-8 orders of magnitude above costs ---
+
+
+def _scheduled(sol) -> np.ndarray:
+    return np.flatnonzero(sol.model_index >= 0)
+
+
+@pytest.mark.parametrize(("slots", "seed"), [(100, 0), (128, 1), (1000, 2)])
+def test_scarce_windows_are_feasible_and_match_exact(slots, seed):
+    problem = scarce_problem(2000, 8, slots, seed=seed)
+    sol = solve(problem, "fast")
+    _check_solution(problem, sol)
+    load = np.bincount(sol.model_index[_scheduled(sol)], minlength=8)
+    assert (load <= problem.capacity).all()
+    assert _scheduled(sol).size == slots     # every slot is worth a deferral penalty
+    exact = solve(problem, "exact-highspy", time_limit_s=60)
+    assert exact.status is SolveStatus.OPTIMAL
+    # Within a cent of the exact MILP on windows whose objective is ~10^5-10^6 USD of penalties.
+    assert sol.objective_usd <= exact.objective_usd + 0.01
+    assert sol.lower_bound_usd <= exact.objective_usd + 1e-6
+
+
+def test_scarce_slots_go_to_the_highest_penalties_when_costs_are_negligible():
+    # No quality rows: the optimum schedules exactly the jobs with the largest penalties (the
+    # oldest, or those whose deadline is near), and the LP bound is tight.
+    problem = replace(scarce_problem(10_000, 8, 128, seed=3), alpha=np.full(6, np.nan),
+                      eligible=np.ones((10_000, 8), dtype=bool))
+    sol = solve(problem, "fast")
+    _check_solution(problem, sol)
+    top = np.sort(np.argsort(-problem.deferral_penalty_usd)[:128])
+    np.testing.assert_array_equal(_scheduled(sol), top)
+    assert sol.objective_usd - sol.lower_bound_usd <= 1e-3
+
+
+def test_scarce_quality_rows_hold_and_the_gap_is_what_the_lp_leaves():
+    problem = scarce_problem(10_000, 8, 128, seed=0)
+    sol = solve(problem, "fast")
+    _check_solution(problem, sol)
+    # The objective is ~4M USD of deferred penalties; the plan is within a few cents of the LP.
+    assert sol.objective_usd - sol.lower_bound_usd <= 0.05
+
+
+def test_scarce_window_of_20k_jobs_and_100_slots_is_planned():
+    problem = scarce_problem(20_000, 8, 100, seed=4)
+    sol = solve(problem, "fast")
+    _check_solution(problem, sol)
+    assert _scheduled(sol).size == 100
+    assert sol.solver == "fast-lagrangian"   # the repair did it, not a fallback MILP
+    # Among the jobs without a quality target, none left waiting beats one scheduled by more
+    # than the cost spread (penalties are dollars apart, costs at most ~0.05 USD).
+    free = problem.group == 0
+    on, off = sol.model_index >= 0, sol.model_index < 0
+    assert problem.deferral_penalty_usd[free & off].max() <= (
+        problem.deferral_penalty_usd[free & on].min() + problem.cost_usd.max())
+
+
+def test_repair_of_a_plan_that_overfills_capacity_by_20k_jobs_stays_bounded():
+    # Every job on its cheapest model, 100 slots: the repair must shed ~20k jobs. It used to
+    # compare every moved job with every other (pool x pool matrices: ~3 GB each at this size);
+    # its trades now look at a bounded pool, so this finishes and the plan is feasible.
+    problem = scarce_problem(20_000, 8, 100, seed=5)
+    coeff = quality_coeff(problem)
+    plan = np.where(problem.eligible, problem.cost_usd, np.inf).argmin(axis=1)
+    near = np.arange(300)
+    fixed = repair.repair(problem, coeff, plan, np.zeros(problem.alpha.size), near)
+    assert fixed is not None
+    assert violations(problem, fixed) == []
+    assert (fixed >= 0).sum() == 100
+
+
+def test_scarce_must_assign_windows_defer_the_excess_and_stay_feasible():
+    # The replay policy makes every job must-assign: relax defers what the slots cannot hold.
+    base = scarce_problem(10_000, 8, 128, seed=6)
+    problem = replace(base, deferral_penalty_usd=np.full(10_000, np.inf))
+    sol = solve(problem, "fast")
+    _check_solution(problem, sol)
+    assert sol.status is SolveStatus.RELAXED
+    assert _scheduled(sol).size == 128
+
+
+@pytest.mark.parametrize("slots", [128, 1000])
+def test_scarce_core_lp_is_the_full_lp_and_stays_small(slots):
+    problem = scarce_problem(2000, 8, slots, seed=7)
+    coeff, scale = quality_coeff(problem), cost_scale(problem)
+    core = lp_core.solve_lp(problem, coeff, scale)
+    full = solve_subset(problem, np.arange(problem.num_jobs), np.full(problem.num_jobs, -1),
+                        coeff=coeff, scale=scale)
+    assert core.slack <= 1e-9
+    assert core.value == pytest.approx(full.objective, rel=1e-9)
+    assert core.bound <= full.objective * (1 + 1e-9)
+    # Capacity short, the core follows the slots, not the window.
+    assert core.core.size <= 3 * max(slots, lp_core.MIN_CORE)
+
+
+@pytest.mark.parametrize("slots", [100, 1000, 9_500, 12_000])
+def test_smooth_prices_stay_within_the_penalties(slots):
+    # No capacity price above the largest stake can be optimal (its row would be slack): the
+    # prices must land at the deferral level, not run off (a live-set refit once drove them to
+    # 1e9 USD on windows like these).
+    problem = scarce_problem(5000, 8, slots, seed=8)
+    coeff, scale = quality_coeff(problem), cost_scale(problem)
+    y = prices.smooth_prices(problem, coeff, scale, problem.capacity.astype(float))
+    assert np.isfinite(y).all()
+    assert y[:8].max() <= problem.deferral_penalty_usd.max()
+    assert prices.capacity_short(problem, problem.capacity.astype(float)) == (slots < 5000)
+
+
+def test_nearest_ties_add_the_deferral_margin_when_capacity_is_short():
+    # Reduced costs of 6 jobs, 2 models + deferral: jobs 0-2 have tiny model ties, jobs 3-5 sit
+    # dollars from deferral, job 4 nearest.
+    r = np.array([[1.0, 1.0 + 1e-6, 50.0], [2.0, 2.0 + 2e-6, 60.0], [3.0, 3.0 + 3e-6, 70.0],
+                  [9.0, 30.0, 12.0], [9.0, 30.0, 9.5], [9.0, 30.0, 20.0]])
+    assert lp_core.nearest_ties(r, 2, 0).tolist() == [0, 1]
+    assert lp_core.nearest_ties(r, 2, 1).tolist() == [0, 1, 4]
