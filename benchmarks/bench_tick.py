@@ -54,7 +54,7 @@ from scheduler.settings import Settings  # noqa: E402
 from scheduler.storage import Beat, Database, HeartbeatStore, JobStatus, utcnow  # noqa: E402
 from scheduler.storage.migrate import upgrade_database  # noqa: E402
 from scheduler.storage.tables import Batch, Job  # noqa: E402
-from workers.celery_app import make_celery  # noqa: E402
+from scheduler.queues import make_celery  # noqa: E402
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/14"

@@ -46,6 +46,7 @@ from scheduler.jobspec import BatchSpec, JobSpec
 from scheduler.loop import Scheduler
 from scheduler.settings import Settings
 from scheduler.storage import Database, FleetStore, JobStore, utcnow
+from scheduler.storage.batches import BatchStore
 from scheduler.storage.migrate import upgrade_database
 from workers.backends.base import GenerationRequest, GenerationResult
 from workers.backends.prompts import request_messages
@@ -226,12 +227,12 @@ def run_jobs(svc: Services, settings: Settings, jobs: list[JobSpec], timeout_s: 
         scheduler.tick()
         tick_s += time.perf_counter() - started
         ticks += 1
-        counts = store.get_batch(OWNER, batch.id).counts
+        counts = BatchStore(db).get(OWNER, batch.id).counts
         if not counts.get("pending"):
             break
         assert time.monotonic() < deadline, counts
         time.sleep(poll_s)
-    while (counts := store.get_batch(OWNER, batch.id).counts).get("succeeded", 0) < len(jobs):
+    while (counts := BatchStore(db).get(OWNER, batch.id).counts).get("succeeded", 0) < len(jobs):
         assert not counts.get("failed"), counts
         assert time.monotonic() < deadline, counts
         time.sleep(poll_s)

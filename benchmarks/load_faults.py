@@ -190,7 +190,7 @@ def main() -> None:
                 stack.wait_ready(timeout_s=120)
                 run = Run(stack, db_name, dsn, args.jobs)
                 started = time.perf_counter()
-                with SwitchyardClient(stack.api_url, "load", timeout_s=300) as api:
+                with SwitchyardClient(stack.api_url, stack.api_key, timeout_s=300) as api:
                     submit_s = submit_all(api, args.jobs)
                 log(f"submitted {args.jobs:,} jobs in {submit_s:.0f} s")
                 faults = [(0.15, run.kill_a_worker), (0.35, run.kill_and_restart_the_scheduler),

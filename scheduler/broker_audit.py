@@ -30,7 +30,7 @@ from typing import Any
 from celery import Celery
 
 from scheduler.errors import SwitchyardError
-from workers.contract import queue_name
+from scheduler.queues import queue_name
 
 log = logging.getLogger(__name__)
 

@@ -1,40 +1,22 @@
-"""Turn a committed Plan into Celery tasks: one per (model, micro-batch), on ``model.<name>``.
+"""Publish a committed plan's dispatches as Celery tasks: one per (model, micro-batch), on
+``model.<name>``, the one place the scheduler talks to the broker's publishing side.
 
 Publishing happens after the plan is committed. If it fails, the jobs stay ``queued`` with a
-lease; when the lease runs out the tick plans them again, so nothing is lost.
+lease; the broker audit (scheduler/lost_messages.py) or, at the latest, the queue lease plans them
+again, so nothing is lost.
 """
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from celery import Celery
 
-from scheduler.fleet import Fleet
-from scheduler.plan import Plan
-from scheduler.storage.window import Dispatch
-from workers.contract import TASK_NAME, queue_name, task_kwargs
+from scheduler.plan import Dispatch
+from scheduler.queues import TASK_NAME, queue_name, task_kwargs
+from scheduler.tick import PublishReport
 
 log = logging.getLogger(__name__)
-
-
-def plan_dispatches(plan: Plan, fleet: Fleet) -> list[Dispatch]:
-    """Split each model's assignments into micro-batches of its ``max_batch_jobs``."""
-    dispatches = []
-    for model, assignments in plan.by_model().items():
-        size = fleet.get(model).max_batch_jobs
-        job_ids = [a.job_id for a in assignments]
-        for start in range(0, len(job_ids), size):
-            dispatches.append(Dispatch(str(uuid.uuid4()), model, tuple(job_ids[start:start + size])))
-    return dispatches
-
-
-@dataclass
-class PublishReport:
-    published: int = 0
-    failed: list[tuple[Dispatch, str]] = field(default_factory=list)
 
 
 class CeleryDispatcher:

@@ -7,6 +7,9 @@ Each child runs in its own process group (so a Ctrl-C in the terminal reaches on
 stops the children in order). Stopping sends SIGTERM to each child, waits for the graceful exits, then
 SIGKILLs each child's whole group, which also takes the Celery pool processes a worker may leave
 behind. With ``stop_on_signals``, SIGTERM, SIGINT and SIGHUP sent to the parent stop the stack too.
+
+The API needs a key like any other: the stack makes one for the tenant ``local`` at start
+(``stack.api_key``) and, given ``api_key_file``, keeps it there for the CLI and reuses it next time.
 """
 from __future__ import annotations
 
@@ -26,11 +29,13 @@ from scheduler.client import SwitchyardClient
 from scheduler.errors import SwitchyardError
 from scheduler.fleet import load_fleet
 from scheduler.settings import Settings
+from scheduler.storage import Database, TenantStore, utcnow
 from scheduler.storage.migrate import upgrade_database
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+LOCAL_TENANT = "local"
 
 
 class StackFailed(SwitchyardError):
@@ -56,12 +61,16 @@ class StopRequested(BaseException):
 
 class EmbeddedStack:
     def __init__(self, settings: Settings, log_dir: Path, api_port: int = 8000,
-                 worker_models: list[str] | None = None, stop_on_signals: bool = False) -> None:
+                 worker_models: list[str] | None = None, stop_on_signals: bool = False,
+                 api_key_file: Path | None = None) -> None:
         """``stop_on_signals``: while the stack is used as a context manager, SIGTERM, SIGINT and
         SIGHUP raise StopRequested in the main thread (the commands that own the process set it;
         tests leave the test runner's handlers alone). A second signal while stopping skips the
-        wait for graceful exits and kills at once."""
+        wait for graceful exits and kills at once. ``api_key_file``: where the local tenant's key
+        is kept (mode 0600) for the CLI; None keeps it only in ``api_key``."""
         self.settings = settings
+        self.api_key_file = api_key_file
+        self.api_key = ""                       # the local tenant's key, made by start()
         self.log_dir = log_dir
         self.api_port = api_port
         self.worker_models = worker_models if worker_models is not None else load_fleet(settings.fleet_file).names
@@ -81,6 +90,7 @@ class EmbeddedStack:
 
     def start(self) -> None:
         upgrade_database(self.settings.database_url)
+        self.api_key = self._local_api_key()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Every child process gets exactly this stack's settings.
         self._env = os.environ | self.settings.as_environment()
@@ -94,13 +104,37 @@ class EmbeddedStack:
     def wait_ready(self, timeout_s: float = 300.0) -> None:
         """Until the API answers and every worker has loaded its model and reported in."""
         deadline = time.monotonic() + timeout_s
-        with SwitchyardClient(self.api_url, self.settings.owner) as client:
+        with SwitchyardClient(self.api_url, self.api_key) as client:
             while time.monotonic() < deadline:
                 self.check_alive()
                 if client.ready() and self.live_worker_count(client) >= len(self.worker_models):
                     return
                 time.sleep(0.5)
         raise StackFailed(f"the stack was not ready after {timeout_s:.0f}s; logs in {self.log_dir}")
+
+    def _local_api_key(self) -> str:
+        """The key in ``api_key_file`` while this database still accepts it, else a new key of the
+        local tenant (written to the file): restarting `up` keeps the key the CLI already has."""
+        try:
+            kept = self.api_key_file.read_text().strip() if self.api_key_file else ""
+        except OSError:
+            kept = ""
+        db = Database(self.settings.database_url)
+        try:
+            store = TenantStore(db)
+            holder = store.key_owner(kept) if kept else None
+            if holder is not None and not holder.revoked:
+                return kept
+            key = store.create_key(LOCAL_TENANT, utcnow(), name="switchyard up").key
+        finally:
+            db.dispose()
+        if self.api_key_file is not None:
+            self.api_key_file.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.api_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(key + "\n")
+            os.chmod(self.api_key_file, 0o600)  # a file that existed keeps its old mode through open()
+        return key
 
     @staticmethod
     def live_worker_count(client: SwitchyardClient) -> int:

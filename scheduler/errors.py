@@ -41,10 +41,6 @@ class LostLeadership(SwitchyardError):
     """This scheduler is no longer the tick leader; its plan was not committed."""
 
 
-class BrokerUnavailable(SwitchyardError):
-    """The message broker is unreachable; jobs stay queued and are re-published after their lease."""
-
-
 class ModelWeightsNotFound(SwitchyardError):
     """The model's weights could not be located; install its package or fix the fleet file."""
 
@@ -63,3 +59,31 @@ class PromptTooLong(PermanentJobError):
 
 class BackendUnavailable(SwitchyardError):
     """The model's backend is not available in this installation."""
+
+
+class Unauthenticated(SwitchyardError):
+    """No valid API key: send Authorization: Bearer <key>."""
+
+
+class Forbidden(SwitchyardError):
+    """This API key may not do that."""
+
+
+class LimitExceeded(SwitchyardError):
+    """A tenant limit was reached; nothing was written."""
+
+
+class TooManyPendingJobs(LimitExceeded):
+    """The tenant has as many pending and queued jobs as its limit allows."""
+
+
+class RateLimited(LimitExceeded):
+    """Too many requests for the tenant's rate limit; retry later."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class SpendCapReached(LimitExceeded):
+    """The tenant's spend has reached its cap; new work is refused until the cap is raised."""

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scheduler.costs import estimate_tokens
 from scheduler.fleet import Fleet, ModelSpec
 from scheduler.plan import ModelState, WindowJob
 
-CHARS_PER_TOKEN = 4.0
 # With no length prediction, a job is assumed to use this many tokens (or its max_tokens if less).
 DEFAULT_OUTPUT_TOKENS = 128
 # Reading the prompt is this many times faster than generating (llama.cpp/vLLM prefill vs decode).
@@ -36,7 +36,7 @@ class WindowEstimates:
 def estimate_window(jobs: Sequence[WindowJob], fleet: Fleet, states: Sequence[ModelState],
                     p_success: np.ndarray, output_tokens: np.ndarray | None) -> WindowEstimates:
     max_tokens = np.array([job.max_tokens for job in jobs], dtype=float)
-    input_tokens = np.array([max(1.0, len(job.prompt_text) / CHARS_PER_TOKEN) for job in jobs])
+    input_tokens = np.array([estimate_tokens(job.prompt_text) for job in jobs], dtype=float)
     default_tokens = np.tile(np.minimum(max_tokens, DEFAULT_OUTPUT_TOKENS)[:, None], (1, len(fleet.models)))
     if output_tokens is None:
         output_tokens = default_tokens
@@ -48,24 +48,15 @@ def estimate_window(jobs: Sequence[WindowJob], fleet: Fleet, states: Sequence[Mo
     queue_wait = np.array([
         state.backlog_jobs * float(np.median(latency[:, j])) / max(state.live_workers, 1) if len(jobs) else 0.0
         for j, state in enumerate(states)])
-    cost = np.column_stack([_cost_column(spec, input_tokens, output_tokens[:, j], latency[:, j])
+    cost = np.column_stack([spec.cost_usd(input_tokens, output_tokens[:, j], latency[:, j])
                             for j, spec in enumerate(fleet.models)])
     one_token = np.ones_like(input_tokens)
     min_cost = np.column_stack([
-        _cost_column(spec, input_tokens, one_token, (input_tokens / PREFILL_SPEEDUP + 1.0) / tokens_per_s[j])
+        spec.cost_usd(input_tokens, one_token, (input_tokens / PREFILL_SPEEDUP + 1.0) / tokens_per_s[j])
         for j, spec in enumerate(fleet.models)])
     return WindowEstimates(p_success=np.clip(p_success, 0.0, 1.0), input_tokens=input_tokens,
                            output_tokens=output_tokens, latency_s=latency,
                            finish_s=latency + queue_wait[None, :], cost_usd=cost, min_cost_usd=min_cost)
-
-
-def _cost_column(spec: ModelSpec, input_tokens: np.ndarray, output_tokens: np.ndarray,
-                 seconds: np.ndarray) -> np.ndarray:
-    """Vectorised ``ModelSpec.cost_usd``: token prices when the model has them, else seconds."""
-    if spec.usd_per_mtok_input is not None or spec.usd_per_mtok_output is not None:
-        return (input_tokens * (spec.usd_per_mtok_input or 0.0)
-                + output_tokens * (spec.usd_per_mtok_output or 0.0)) / 1e6
-    return seconds * (spec.usd_per_second or 0.0)
 
 
 def seconds_until(deadline: dt.datetime | None, now: dt.datetime) -> float:

@@ -14,6 +14,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from scheduler.costs import Amount, job_cost_usd
 from scheduler.errors import FleetFileError, UnknownModel
 
 ModelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
@@ -77,12 +78,10 @@ class ModelSpec(BaseModel):
             raise ValueError(f"model {self.name!r} needs usd_per_mtok_* or usd_per_second")
         return self
 
-    def cost_usd(self, input_tokens: int, output_tokens: int, seconds: float) -> float:
-        """Cost of one job: token prices when the model has them, else hardware seconds."""
-        if self.usd_per_mtok_input is not None or self.usd_per_mtok_output is not None:
-            return (input_tokens * (self.usd_per_mtok_input or 0.0)
-                    + output_tokens * (self.usd_per_mtok_output or 0.0)) / 1e6
-        return seconds * (self.usd_per_second or 0.0)
+    def cost_usd(self, input_tokens: Amount, output_tokens: Amount, seconds: Amount) -> Amount:
+        """Cost of one job (or arrays of jobs) on this model (scheduler/costs.py)."""
+        return job_cost_usd(input_tokens, output_tokens, seconds, usd_per_mtok_input=self.usd_per_mtok_input,
+                            usd_per_mtok_output=self.usd_per_mtok_output, usd_per_second=self.usd_per_second)
 
 
 class Fleet(BaseModel):

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from scheduler.batch_lifecycle import advance_batches
 from scheduler.dispatch import CeleryDispatcher
 from scheduler.errors import LostLeadership
 from scheduler.fleet import Fleet, load_fleet
@@ -67,7 +68,7 @@ class Scheduler:
     @classmethod
     def from_settings(cls, settings: Settings) -> Scheduler:
         from scheduler.broker_audit import find_lost_dispatches
-        from workers.celery_app import make_celery
+        from scheduler.queues import make_celery
 
         fleet = load_fleet(settings.fleet_file)
         db = Database(settings.database_url)
@@ -111,6 +112,7 @@ class Scheduler:
             ("scoring the next window's jobs", self.prescore),
             ("checking queued jobs' messages on the broker", lambda: self.lost_messages.run_if_due(utcnow(), term)),
             ("pruning old decision history", self._prune_if_due),
+            ("moving batches on (expiry, cancels, output files)", lambda: advance_batches(self.db, utcnow())),
         ]
         for what, step in steps:
             try:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Assignments made to explore a little-tried model start their reason with this: they are not a
-# promise of the optimizer, so the promise check leaves them out.
-EXPLORING_REASON_PREFIX = "exploring:"
+from scheduler.fleet import Fleet
+
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class WindowJob:
     expire_on_deadline_miss: bool = False
     batch_budget_left_usd: float | None = None   # the batch's cap minus what it spent and reserved
     last_reason: str | None = None               # what the job was last told (a deferral repeats it silently)
+    tenant: str = "default"                      # who submitted it
+    tenant_weight: float = 1.0                   # the tenant's share of scarce capacity, relative to others'
+    tenant_budget_left_usd: float | None = None  # the tenant's spend cap minus what it spent and reserved
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Assignment:
     predicted_quality: float
     predicted_cost_usd: float
     reason: str
+    exploring: bool = False   # sent to try a little-tried model: no promise, so the promise check skips it
 
 
 class Ending(str, enum.Enum):
@@ -91,3 +95,23 @@ class Plan:
         data = asdict(self)
         data["created_at"] = self.created_at.isoformat()
         return data
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One message to publish: a micro-batch of a plan's jobs for one model."""
+
+    dispatch_id: str
+    model: str
+    job_ids: tuple[str, ...]
+
+
+def plan_dispatches(plan: Plan, fleet: Fleet) -> list[Dispatch]:
+    """Split each model's assignments into micro-batches of its ``max_batch_jobs``."""
+    dispatches = []
+    for model, assignments in plan.by_model().items():
+        size = fleet.get(model).max_batch_jobs
+        job_ids = [a.job_id for a in assignments]
+        for start in range(0, len(job_ids), size):
+            dispatches.append(Dispatch(str(uuid.uuid4()), model, tuple(job_ids[start:start + size])))
+    return dispatches

@@ -18,10 +18,10 @@ import numpy as np
 
 from scheduler.estimates import WindowEstimates, estimate_window, free_capacity, seconds_until
 from scheduler.fleet import Fleet
-from scheduler.learning.exploration import NOT_PINNED, Exploration, restrict_to_pinned
+from scheduler.learning.exploration import NOT_PINNED, Exploration, Feedback, restrict_to_pinned
 from scheduler.optimizer import AssignmentProblem, solve
-from scheduler.plan import EXPLORING_REASON_PREFIX, Assignment, Deferral, Ending, ModelState, Plan, WindowJob
-from scheduler.urgency import deferral_penalty_usd
+from scheduler.plan import Assignment, Deferral, Ending, ModelState, Plan, WindowJob
+from scheduler.urgency import deferral_penalty_usd, fair_share_penalty_usd, within_fair_share
 
 # Small windows go to the exact MILP (one job is a large share of the cost there, and HiGHS proves
 # optimality in well under a second); larger ones to the fast Lagrangian path (gap ~0.01% at 10k).
@@ -35,6 +35,10 @@ CAPACITY_REASON = ("waiting: not enough free capacity or quality headroom this t
                    "the longer it waits")
 BATCH_BUDGET_REASON = ("waiting: its batch's max_cost_usd leaves too little for this job beside the others "
                        "planned (the batch's remaining budget is in the tick's notes)")
+TENANT_BUDGET_REASON = ("waiting: its tenant's max_spend_usd leaves too little for this job beside the others "
+                        "planned")
+FAIR_SHARE_REASON = ("waiting: free capacity is shared by weight among the tenants with waiting jobs, and this "
+                     "tenant's share is taken by its more urgent jobs this tick")
 NEVER_PREFIX = "no model can ever serve this job:"
 
 
@@ -59,13 +63,6 @@ class Eligibility:
     blocked_by: list[str | None]  # per job: why no model is eligible (None when one is)
     late: np.ndarray              # (N,) bool: no model meets the deadline; fastest one allowed
     never: list[str | None]       # per job: why no fleet model can ever serve it (None when one can)
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """What finished jobs have taught so far, as the policy uses it."""
-    label_counts: tuple[int, ...] = ()   # labels per fleet model (order of fleet.names); () = none yet
-    promise_gap: float = 0.0             # recent mean(promised p - realised score), >= 0: added to alpha
 
 
 class OptimizingPolicy:
@@ -103,17 +100,24 @@ class OptimizingPolicy:
             counts = self.feedback.label_counts or (0,) * len(self.fleet.models)
             pinned = self.exploration.pin(eligibility.mask, counts, self.rng, room=capacity)
         group, alpha = _quality_groups(live)
+        base_penalty = _deferral_penalty(live, est, now)
+        # The slots the window's jobs can use: a model's free capacity counts only as far as jobs
+        # may run there (a tenant's quota of slots nobody of it may use would be no share at all).
+        usable_slots = int(np.minimum(capacity, eligibility.mask.sum(axis=0)).sum())
+        inside_share = within_fair_share([j.tenant for j in live], {j.tenant: j.tenant_weight for j in live},
+                                         np.asarray(eligibility.mask.any(axis=1)), base_penalty, usable_slots)
+        penalty = fair_share_penalty_usd(base_penalty, inside_share)
         # The promise check: where recent outcomes fell short of the predicted p, ask for more.
         alpha = np.minimum(alpha + self.feedback.promise_gap, 1.0)
         problem = AssignmentProblem(
             cost_usd=est.cost_usd, p_success=est.p_success, capacity=capacity,
             eligible=restrict_to_pinned(eligibility.mask, pinned),
-            group=group, alpha=alpha, deferral_penalty_usd=_deferral_penalty(live, est, now))
+            group=group, alpha=alpha, deferral_penalty_usd=penalty)
         method = self.method
         if method == "auto":
             method = "exact" if len(live) <= EXACT_MAX_JOBS else "fast"
         solution = solve(problem, method=method, time_limit_s=EXACT_TIME_LIMIT_S if method == "exact" else 60.0)
-        chosen = _within_batch_budgets(live, solution.model_index, est.cost_usd)
+        chosen, over_budget = _within_budgets(live, solution.model_index, est.cost_usd)
         assignments, deferrals = [], list(expired)
         reasons = _Reasons(est, eligibility, self.fleet, pinned, self.feedback.promise_gap)
         names = self.fleet.names
@@ -128,11 +132,14 @@ class OptimizingPolicy:
                                           Ending.EXPIRED))
             elif j >= 0:
                 assignments.append(Assignment(
-                    job.id, names[j], reasons.p[i][j], reasons.cost[i][j], reasons(i, j, job)))
+                    job.id, names[j], reasons.p[i][j], reasons.cost[i][j], reasons(i, j, job),
+                    exploring=reasons.pinned[i] == j))
             elif solved_list[i] >= 0:
-                deferrals.append(Deferral(job.id, BATCH_BUDGET_REASON))
+                deferrals.append(Deferral(job.id, over_budget[i] or BATCH_BUDGET_REASON))
+            elif eligibility.blocked_by[i] is not None:
+                deferrals.append(Deferral(job.id, eligibility.blocked_by[i] or ""))
             else:
-                deferrals.append(Deferral(job.id, eligibility.blocked_by[i] or CAPACITY_REASON))
+                deferrals.append(Deferral(job.id, CAPACITY_REASON if inside_share[i] else FAIR_SHARE_REASON))
         return Plan(tick_id, now, self.name, tuple(assignments), tuple(deferrals),
                     objective_usd=solution.objective_usd, lower_bound_usd=solution.lower_bound_usd,
                     notes=(f"solver {solution.solver} {solution.status.value} in {solution.solve_time_s * 1e3:.1f} ms",
@@ -150,21 +157,30 @@ def _deferral_penalty(jobs: Sequence[WindowJob], est: WindowEstimates, now: dt.d
     return deferral_penalty_usd(ages_min, slack_s)
 
 
-def _within_batch_budgets(jobs: Sequence[WindowJob], model_index: np.ndarray, cost_usd: np.ndarray) -> np.ndarray:
-    """Drop assignments (oldest jobs keep theirs) until each capped batch's predicted spend fits
-    what is left of its cap, so dispatched work never exceeds a budget."""
+def _within_budgets(jobs: Sequence[WindowJob], model_index: np.ndarray, cost_usd: np.ndarray
+                    ) -> tuple[np.ndarray, list[str | None]]:
+    """Drop assignments (oldest jobs keep theirs) until each capped batch's and each capped
+    tenant's predicted spend fits what is left of its cap, so dispatched work never exceeds a
+    budget. Returns the plan and, per dropped job, which budget dropped it."""
     chosen = model_index.copy()
-    left = {j.batch_id: j.batch_budget_left_usd for j in jobs if j.batch_budget_left_usd is not None}
+    dropped: list[str | None] = [None] * len(jobs)
+    batch_left = {j.batch_id: j.batch_budget_left_usd for j in jobs if j.batch_budget_left_usd is not None}
+    tenant_left = {j.tenant: j.tenant_budget_left_usd for j in jobs if j.tenant_budget_left_usd is not None}
     for i in sorted(range(len(jobs)), key=lambda i: jobs[i].created_at):
         job = jobs[i]
-        if chosen[i] < 0 or job.batch_id not in left:
+        if chosen[i] < 0:
             continue
         cost = float(cost_usd[i, chosen[i]])
-        if cost > left[job.batch_id]:
-            chosen[i] = -1
+        if job.batch_id in batch_left and cost > batch_left[job.batch_id]:
+            chosen[i], dropped[i] = -1, BATCH_BUDGET_REASON
+        elif job.tenant in tenant_left and cost > tenant_left[job.tenant]:
+            chosen[i], dropped[i] = -1, TENANT_BUDGET_REASON
         else:
-            left[job.batch_id] -= cost
-    return chosen
+            if job.batch_id in batch_left:
+                batch_left[job.batch_id] -= cost
+            if job.tenant in tenant_left:
+                tenant_left[job.tenant] -= cost
+    return chosen, dropped
 
 
 def _eligibility(jobs: Sequence[WindowJob], fleet: Fleet, hosted: np.ndarray, capacity: np.ndarray,
@@ -178,8 +194,8 @@ def _eligibility(jobs: Sequence[WindowJob], fleet: Fleet, hosted: np.ndarray, ca
     floor = np.array([job.min_quality if job.min_quality is not None else 0.0 for job in jobs])
     good_enough = serving & (est.p_success >= floor[:, None])
     # A job's own cap, and its batch's remaining budget: no single run may exceed either.
-    cap = np.array([min(job.max_cost_usd if job.max_cost_usd is not None else np.inf,
-                        job.batch_budget_left_usd if job.batch_budget_left_usd is not None else np.inf)
+    cap = np.array([min(np.inf if limit is None else limit for limit in
+                        (job.max_cost_usd, job.batch_budget_left_usd, job.tenant_budget_left_usd))
                     for job in jobs])
     affordable = good_enough & (est.cost_usd <= cap[:, None])
     time_left = np.array([seconds_until(job.deadline_at, now) for job in jobs])
@@ -195,7 +211,8 @@ def _eligibility(jobs: Sequence[WindowJob], fleet: Fleet, hosted: np.ndarray, ca
              (live, "waiting: no live worker hosts any model it may use"),
              (serving, CAPACITY_REASON),
              (good_enough, "waiting: min_quality is above every available model's predicted success"),
-             (affordable, "waiting: max_cost_usd or the batch's remaining budget is below every suitable model's cost")]
+             (affordable, "waiting: max_cost_usd, or what is left of its batch's or tenant's spend cap, is below every "
+                          "suitable model's cost")]
     blocked_by: list[str | None] = [None] * n
     for i in np.flatnonzero(~mask.any(axis=1)):
         blocked_by[i] = next(text for step, text in steps if not step[i].any())
@@ -269,7 +286,7 @@ class _Reasons:
             if self.promise_gap > 0:
                 constraint += f" (+{self.promise_gap:.2f} promise margin)"
         if self.pinned[i] == j:
-            return (f"{EXPLORING_REASON_PREFIX} {names[j]} has too few outcome labels, so this job was chosen to try it "
+            return (f"exploring: {names[j]} has too few outcome labels, so this job was chosen to try it "
                     f"(budgeted share of the window): {text}")
         late = "; WILL MISS DEADLINE: fastest eligible model" if self.late[i] else ""
         return f"cheapest plan meeting {constraint} within capacity: {text}" + (

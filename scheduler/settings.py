@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".switchyard")
 DEFAULT_FLEET_FILE = Path(__file__).resolve().parent / "fleet.default.toml"
+# `switchyard up` and `switchyard demo` write their local tenant's key here (mode 0600).
+LOCAL_API_KEY_FILE = DEFAULT_HOME / "api-key"
 
 
 class Settings(BaseSettings):
@@ -33,10 +35,20 @@ class Settings(BaseSettings):
         default=DEFAULT_FLEET_FILE, description="TOML file naming each model, its backend, price and capacity."
     )
     api_url: str = Field(default="http://127.0.0.1:8000", description="Where CLI client commands reach the API.")
-    owner: str = Field(
-        default="default", min_length=1, max_length=128,
-        description="Owner (tenant) the CLI submits as; sent as the X-Switchyard-Owner header.",
-    )
+    api_key: SecretStr | None = Field(
+        default=None, description="The key CLI client commands send (Authorization: Bearer); when unset, the key "
+        f"`switchyard up` wrote to {LOCAL_API_KEY_FILE}.")
+    max_file_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1024, description="Largest file the Files API accepts (413 beyond).")
+    max_batch_file_requests: int = Field(
+        default=50_000, ge=1, description="Most request lines one batch input file may hold.")
+    interactive_deadline_s: float = Field(
+        default=60.0, gt=0, le=86_400,
+        description="A /v1/chat/completions or /v1/completions request becomes a job with this deadline "
+        "(so the next tick places it first); it still runs if the deadline is missed.")
+    interactive_timeout_s: float = Field(
+        default=600.0, gt=0, le=3600,
+        description="How long such a request waits for its answer before answering 504 with the job id to poll.")
     tick_interval_s: float = Field(default=2.0, gt=0, le=3600, description="Seconds between scheduling ticks.")
     window_max_jobs: int = Field(
         default=10_000, ge=1, le=1_000_000, description="Most pending jobs one tick claims and plans."
@@ -130,12 +142,30 @@ class Settings(BaseSettings):
             raise ValueError("run_lease_s must be longer than heartbeat_interval_s, which renews it")
         return self
 
+    @property
+    def heartbeat_ttl_s(self) -> float:
+        """A worker whose last heartbeat is older than this is gone: three missed beats."""
+        return 3 * self.heartbeat_interval_s
+
     def as_environment(self) -> dict[str, str]:
         """Every setting as the SWITCHYARD_* variables that reproduce it in a child process."""
-        env = {f"SWITCHYARD_{name.upper()}": str(value) for name, value in self.model_dump().items()}
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:  # an unset optional stays unset (str() would make it the text "None")
+                continue
+            env[f"SWITCHYARD_{name.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
         env["SWITCHYARD_ENDPOINT_API_KEYS"] = json.dumps(
             {model: key.get_secret_value() for model, key in self.endpoint_api_keys.items()})
         return env
+
+    def client_api_key(self) -> str | None:
+        """The key client commands send: ``api_key``, else the one `switchyard up` wrote (None: neither)."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        try:
+            return LOCAL_API_KEY_FILE.read_text().strip() or None
+        except OSError:
+            return None
 
     @property
     def is_sqlite(self) -> bool:

@@ -23,13 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from scheduler.dispatch import PublishReport, plan_dispatches
 from scheduler.estimates import window_size
 from scheduler.fleet import Fleet
-from scheduler.plan import ModelState, Plan, WindowJob
+from scheduler.plan import Dispatch, ModelState, Plan, WindowJob, plan_dispatches
 from scheduler.settings import Settings
 from scheduler.storage.leader import LeaderTerm
-from scheduler.storage.window import Dispatch, LeaseRecovery, TickRecord, WindowStore
+from scheduler.storage.window import LeaseRecovery, TickRecord, WindowStore
 
 
 class Policy(Protocol):
@@ -38,6 +37,12 @@ class Policy(Protocol):
 
     def plan(self, jobs: Sequence[WindowJob], states: Sequence[ModelState], now: dt.datetime,
              tick_id: str) -> Plan: ...
+
+
+@dataclass
+class PublishReport:
+    published: int = 0
+    failed: list[tuple[Dispatch, str]] = field(default_factory=list)
 
 
 class Dispatcher(Protocol):
@@ -80,7 +85,7 @@ def run_tick(store: WindowStore, policy: Policy, fleet: Fleet, dispatcher: Dispa
     recovery = LeaseRecovery(0, 0) if dry_run else store.recover_expired_leases(now, settings.max_attempts, term)
     lap("recover")
     with store.window(dry_run=dry_run) as window:
-        states = window.model_states(fleet, now, heartbeat_ttl_s=3 * settings.heartbeat_interval_s)
+        states = window.model_states(fleet, now, heartbeat_ttl_s=settings.heartbeat_ttl_s)
         size = window_size(fleet, states, settings.plan_horizon_s, settings.window_headroom,
                            settings.window_min_jobs, settings.window_max_jobs)
         jobs = window.claim_pending(size, now)

@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from scheduler.fleet import Fleet, load_fleet
 from scheduler.settings import Settings
-from scheduler.storage import Database
+from scheduler.storage import Database, TenantStore, utcnow
 from scheduler.storage.migrate import upgrade_database
 from scheduler.storage.tables import Base
 
@@ -88,7 +88,25 @@ def make_settings(database_url: str, broker_url: str = "memory://", **overrides:
     return Settings(database_url=database_url, broker_url=broker_url, **overrides)  # type: ignore[arg-type]
 
 
+def create_api_key(db: Database, tenant: str = "default", *, admin: bool = False) -> str:
+    """A new API key of ``tenant`` (created if new), made as the operator's `keys create` makes it."""
+    return TenantStore(db).create_key(tenant, utcnow(), admin=admin, name="test").key
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its folder, so `-m "not integration and not e2e"` runs the pure tests only
+    (unit/: plain values; integration/: real Postgres and Redis; e2e/: real worker processes)."""
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in ("integration", "e2e"):
+            item.add_marker(getattr(pytest.mark, folder))

@@ -16,7 +16,7 @@ from scheduler.fleet import BackendKind, ModelSpec, load_fleet
 from scheduler.settings import Settings
 from scheduler.storage import Database, HeartbeatStore, ResultStore, utcnow
 from workers.backends import make_backend
-from workers.contract import TASK_NAME, queue_name
+from scheduler.queues import TASK_NAME, queue_name
 from workers.heartbeat import Heartbeat, WorkerStats
 from workers.inflight import InFlight
 from workers.runner import BatchRunner
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 class WorkerProcess:
     """Everything one worker process hosts: the model engine, the store, the heartbeat."""
 
-    def __init__(self, settings: Settings, model: str) -> None:
-        self.spec = load_fleet(settings.fleet_file).get(model)
+    def __init__(self, settings: Settings, spec: ModelSpec) -> None:
+        self.spec = spec
         # No pre-ping: the runner retries through outages anyway, and a ping per checkout was a
         # third of the per-job round trips.
         self.db = Database(settings.database_url, pre_ping=False)
@@ -36,7 +36,7 @@ class WorkerProcess:
         self.stats = WorkerStats()
         results = ResultStore(self.db)
         in_flight = InFlight()
-        self.heartbeat = Heartbeat(HeartbeatStore(self.db), results, in_flight, model, self.stats,
+        self.heartbeat = Heartbeat(HeartbeatStore(self.db), results, in_flight, spec.name, self.stats,
                                    settings.heartbeat_interval_s, settings.run_lease_s, utcnow,
                                    concurrency=self.spec.concurrency if self.backend.batches_natively else 1)
         self.runner = BatchRunner(results, self.backend, self.spec, self.heartbeat.worker_id,
@@ -55,14 +55,14 @@ def pool_for(spec: ModelSpec) -> str:
     return "solo" if spec.backend is BackendKind.VLLM else "prefork"
 
 
-def register_tasks(app: Celery, settings: Settings, model: str, pool: str) -> None:
-    """Attach the batch task to ``app`` for a worker hosting ``model`` in a ``pool`` worker."""
+def register_tasks(app: Celery, settings: Settings, spec: ModelSpec, pool: str) -> None:
+    """Attach the batch task to ``app`` for a worker hosting ``spec``'s model in a ``pool`` worker."""
     hosted: dict[str, WorkerProcess] = {}
-    spec = load_fleet(settings.fleet_file).get(model)
+    model = spec.name
 
     def process() -> WorkerProcess:
         if "process" not in hosted:
-            hosted["process"] = WorkerProcess(settings, model)
+            hosted["process"] = WorkerProcess(settings, spec)
             log.info("worker process %d hosts %s", os.getpid(), model)
         return hosted["process"]
 
@@ -112,10 +112,11 @@ def worker_argv(model: str, concurrency: int, loglevel: str, pool: str = "prefor
 
 def run_worker(settings: Settings, model: str, concurrency: int, loglevel: str = "INFO",
                pool: str | None = None) -> None:
-    from workers.celery_app import make_celery
+    from scheduler.queues import make_celery
 
-    spec = load_fleet(settings.fleet_file).get(model)  # fail fast on an unknown model
+    # The fleet file is read once, here, before the fork: every pool process inherits the spec.
+    spec = load_fleet(settings.fleet_file).get(model)  # fails fast on an unknown model
     pool = pool or pool_for(spec)
     app = make_celery(settings)
-    register_tasks(app, settings, model, pool)
+    register_tasks(app, settings, spec, pool)
     app.worker_main(worker_argv(model, 1 if pool == "solo" else concurrency, loglevel, pool))

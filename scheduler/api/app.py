@@ -1,7 +1,10 @@
-"""The REST API: submit, read, list and cancel jobs; list models and workers; health.
+"""The REST API: Switchyard's own paths (jobs, workers, health) here, and OpenAI's (files,
+batches, chat and text completions, models) in ``scheduler.api.openai_api``.
 
 The API only writes jobs to the store; it never publishes to Celery (only the tick dispatches).
 Every bad input is a 4xx with a message saying what to fix; a database outage is a 503.
+Everything under /v1 needs an API key (``scheduler.api.auth``); /healthz, /readyz, /docs and
+/openapi.json are open.
 """
 from __future__ import annotations
 
@@ -10,28 +13,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from scheduler.api.auth import Authenticator, CallerDep, current_caller
 from scheduler.api.errors import install_error_handlers
 from scheduler.api.limits import BodySizeLimit
-from scheduler.api.schemas import (
-    BatchCreatedOut, BatchOut, ErrorOut, FeedbackIn, JobOut, JobPageOut, ModelOut, WorkerOut,
-)
+from scheduler.api.openai_api import UPLOAD_OVERHEAD_BYTES, UPLOAD_PATH, openai_router
+from scheduler.api.schemas import ErrorOut, FeedbackIn, JobOut, JobPageOut, WorkerOut
 from scheduler.fleet import Fleet
-from scheduler.jobspec import BatchSpec, JobSpec, StorableText
+from scheduler.jobspec import JobSpec, StorableText
 from scheduler.settings import Settings
-from scheduler.storage import Database, FleetStore, HeartbeatStore, JobStatus, JobStore, utcnow
-from scheduler.storage.jobs import BatchSummary
+from scheduler.storage import Database, FleetStore, HeartbeatStore, JobStatus, JobStore, TenantStore, utcnow
 
 log = logging.getLogger(__name__)
-OWNER_HEADER = "X-Switchyard-Owner"
-
-
-def _owner(request: Request, x_switchyard_owner: Annotated[str | None, Header(
-        max_length=128, pattern=r"^[A-Za-z0-9._@:-]+$",
-        description="Tenant the request acts for (authentication comes later).")] = None) -> str:
-    return x_switchyard_owner or request.app.state.settings.owner
 
 
 async def _json_body(request: Request) -> None:
@@ -46,10 +41,11 @@ async def _json_body(request: Request) -> None:
                                  f"(got {content_type or 'no content-type'})")
 
 
-Owner = Annotated[str, Depends(_owner)]
 JSON_BODY = [Depends(_json_body)]
+# Every router of tenant data is included with these: no route under it can be reached without a key.
+AUTHENTICATED = [Depends(current_caller)]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 404, 405, 409, 413, 415, 422, 503)}
+    code: {"model": ErrorOut} for code in (400, 401, 402, 403, 404, 405, 409, 413, 415, 422, 429, 503)}
 
 
 def create_app(settings: Settings, db: Database, fleet: Fleet) -> FastAPI:
@@ -60,74 +56,59 @@ def create_app(settings: Settings, db: Database, fleet: Fleet) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
             await run_in_threadpool(FleetStore(db).sync, fleet, utcnow())
+            if not await run_in_threadpool(TenantStore(db).has_active_keys):
+                log.warning("no API key exists yet, so every /v1 request will answer 401: create one with "
+                            "`switchyard keys create --tenant NAME [--admin]`")
         except Exception as exc:  # noqa: BLE001 - the API still serves; /readyz reports the database
-            log.warning("could not record the fleet in the database at start-up: %s", exc)
+            log.warning("could not read or record the fleet and keys at start-up: %s", exc)
         yield
 
     app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, responses=ERRORS,
                   description="Cost-optimal batch scheduling of LLM jobs across a fleet of models.")
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes,
+                       larger_limits={UPLOAD_PATH: settings.max_file_bytes + UPLOAD_OVERHEAD_BYTES})
     install_error_handlers(app)
 
     app.state.settings = settings
+    app.state.authenticator = Authenticator(db)
     v1 = APIRouter(prefix="/v1")
 
     @v1.post("/jobs", response_model=JobOut, status_code=201, dependencies=JSON_BODY,
              summary="Submit one job (200 with the existing job on a repeated idempotency_key)")
-    def submit_job(spec: JobSpec, who: Owner, response: Response) -> JobOut:
+    def submit_job(spec: JobSpec, caller: CallerDep, response: Response) -> JobOut:
         now = utcnow()
         spec.check_against(settings, fleet, now)
-        job, created = jobs.submit_job(who, spec, now)
+        job, created = jobs.submit_job(caller.tenant, spec, now)
         response.status_code = 201 if created else 200
         return JobOut.model_validate(job)
 
-    @v1.post("/batches", response_model=BatchCreatedOut, status_code=201, dependencies=JSON_BODY,
-             summary="Submit many jobs at once: all are written or none")
-    def submit_batch(spec: BatchSpec, who: Owner, response: Response) -> BatchCreatedOut:
-        now = utcnow()
-        spec.check_against(settings, fleet, now)
-        batch, batch_jobs, created = jobs.submit_batch(who, spec, now)
-        response.status_code = 201 if created else 200
-        return BatchCreatedOut(batch=_batch_out(jobs.get_batch(who, batch.id)), job_ids=[j.id for j in batch_jobs])
-
-    @v1.get("/batches/{batch_id}", response_model=BatchOut)
-    def get_batch(batch_id: StorableText, who: Owner) -> BatchOut:
-        return _batch_out(jobs.get_batch(who, batch_id))
-
     @v1.get("/jobs/{job_id}", response_model=JobOut)
-    def get_job(job_id: StorableText, who: Owner) -> JobOut:
-        return JobOut.model_validate(jobs.get_job(who, job_id))
+    def get_job(job_id: StorableText, caller: CallerDep) -> JobOut:
+        return JobOut.model_validate(jobs.get_job(caller.scope, job_id))
 
     @v1.get("/jobs", response_model=JobPageOut, summary="List jobs, newest first")
-    def list_jobs(who: Owner, status: JobStatus | None = None, batch_id: StorableText | None = None,
+    def list_jobs(caller: CallerDep, status: JobStatus | None = None, batch_id: StorableText | None = None,
                   model: StorableText | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
                   cursor: StorableText | None = None) -> JobPageOut:
-        page = jobs.list_jobs(who, status=status, batch_id=batch_id, model=model, limit=limit, cursor=cursor)
+        page = jobs.list_jobs(caller.scope, status=status, batch_id=batch_id, model=model, limit=limit, cursor=cursor)
         return JobPageOut(jobs=[JobOut.model_validate(j) for j in page.jobs], next_cursor=page.next_cursor)
 
     @v1.post("/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a pending or queued job")
-    def cancel_job(job_id: StorableText, who: Owner) -> JobOut:
-        return JobOut.model_validate(jobs.cancel_job(who, job_id, utcnow()))
+    def cancel_job(job_id: StorableText, caller: CallerDep) -> JobOut:
+        return JobOut.model_validate(jobs.cancel_job(caller.scope, job_id, utcnow()))
 
     @v1.post("/jobs/{job_id}/feedback", response_model=JobOut, dependencies=JSON_BODY,
              summary="Score a succeeded job's answer (0..1); the predictor learns from it")
-    def feedback(job_id: StorableText, body: FeedbackIn, who: Owner) -> JobOut:
-        return JobOut.model_validate(jobs.record_feedback(who, job_id, body.score, utcnow()))
-
-    @v1.get("/models", response_model=list[ModelOut])
-    def list_models() -> list[ModelOut]:
-        live = _live_workers_by_model(heartbeats, settings)
-        return [ModelOut(name=s.name, backend=s.backend.value, prompt_format=s.prompt_format.value,
-                         usd_per_mtok_input=s.usd_per_mtok_input, usd_per_mtok_output=s.usd_per_mtok_output,
-                         usd_per_second=s.usd_per_second, capacity_jobs=s.capacity_jobs,
-                         max_batch_jobs=s.max_batch_jobs, live_workers=live.get(s.name, 0))
-                for s in fleet.models]
+    def feedback(job_id: StorableText, body: FeedbackIn, caller: CallerDep) -> JobOut:
+        return JobOut.model_validate(jobs.record_feedback(caller.scope, job_id, body.score, utcnow()))
 
     @v1.get("/workers", response_model=list[WorkerOut], summary="Live workers and what they measured")
     def list_workers() -> list[WorkerOut]:
         return [WorkerOut.model_validate(w) for w in heartbeats.live(utcnow(), 3 * settings.heartbeat_interval_s)]
 
-    app.include_router(v1)
+    app.include_router(v1, dependencies=AUTHENTICATED)
+    app.include_router(openai_router(settings, db, fleet, jobs, json_body=JSON_BODY),
+                       dependencies=AUTHENTICATED)
 
     @app.get("/healthz", summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:
@@ -140,18 +121,3 @@ def create_app(settings: Settings, db: Database, fleet: Fleet) -> FastAPI:
 
     return app
 
-
-def _live_workers_by_model(heartbeats: HeartbeatStore, settings: Settings) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for worker in heartbeats.live(utcnow(), 3 * settings.heartbeat_interval_s):
-        counts[worker.model] = counts.get(worker.model, 0) + 1
-    return counts
-
-
-def _batch_out(summary: BatchSummary) -> BatchOut:
-    batch = summary.batch
-    finished = sum(n for status, n in summary.counts.items() if JobStatus(status).is_final)
-    return BatchOut(id=batch.id, owner=batch.owner, name=batch.name, alpha=batch.alpha,
-                    max_cost_usd=batch.max_cost_usd, num_jobs=batch.num_jobs,
-                    idempotency_key=batch.idempotency_key, created_at=batch.created_at,
-                    counts=summary.counts, cost_usd=summary.cost_usd, done=finished == batch.num_jobs)

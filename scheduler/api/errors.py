@@ -1,11 +1,17 @@
-"""Map every failure the API can produce to one error shape: ``{"error": "...", "detail": [...]?}``.
+"""Map every failure the API can produce to one error shape, OpenAI's:
+
+    {"error": {"message": "what to fix", "type": "invalid_request_error", "param": "jobs[3].prompt",
+               "code": null}, "detail": [...]}
 
 Switchyard errors, request validation, Starlette's own HTTP errors (unknown route, wrong method,
 a body that cannot be read) and any unexpected exception all answer through ``error_response``,
-so a caller parses one shape and reads ``error`` for what to fix.
+so a caller parses one shape and reads ``error.message`` for what to fix. It is OpenAI's shape so
+that the official clients (which read ``error.message`` into their exceptions) show it too;
+``detail`` lists every invalid field of a request that failed validation.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,34 +22,53 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from scheduler.errors import (
-    Conflict, InvalidRequest, NotFound, StorageUnavailable, SwitchyardError, UnknownModel,
+    Conflict, Forbidden, InvalidRequest, LimitExceeded, NotFound, RateLimited, SpendCapReached, StorageUnavailable,
+    SwitchyardError, Unauthenticated, UnknownModel,
 )
 from scheduler.jobspec import INNER_LOC, escape_unprintable
 
+# The first matching class decides (subclasses before their bases).
 STATUS_OF: list[tuple[type[SwitchyardError], int]] = [
     (UnknownModel, 422), (InvalidRequest, 422), (NotFound, 404), (Conflict, 409), (StorageUnavailable, 503),
+    (Unauthenticated, 401), (Forbidden, 403), (SpendCapReached, 402), (LimitExceeded, 429),
 ]
 MALFORMED_JSON = "malformed JSON body"
 SUMMARISED_ERRORS = 5
 PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
-def error_response(status: int, message: str, detail: list[dict[str, Any]] | None = None,
-                   headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """The one error shape. The message is escaped: it may quote text the caller sent, and a lone
-    surrogate there would make the response itself unencodable."""
-    body: dict[str, Any] = {"error": escape_unprintable(message)}
+# OpenAI's error types by status (its clients branch on the status; the type is for people).
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
+               403: "permission_error", 404: "invalid_request_error", 409: "invalid_request_error",
+               413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
+               429: "rate_limit_error"}
+
+
+def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None,
+               detail: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The one error shape (module doc). The message is escaped: it may quote text the caller
+    sent, and a lone surrogate there would make the response itself unencodable."""
+    error = {"message": escape_unprintable(message),
+             "type": ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+             "param": param, "code": code}
+    body: dict[str, Any] = {"error": error}
     if detail is not None:
         body["detail"] = detail
-    return JSONResponse(body, status_code=status, headers=headers)
+    return body
+
+
+def error_response(status: int, message: str, detail: list[dict[str, Any]] | None = None,
+                   headers: Mapping[str, str] | None = None, *, param: str | None = None,
+                   code: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param=param, code=code, detail=detail), status_code=status,
+                        headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SwitchyardError)
     async def _switchyard_error(_: Request, exc: SwitchyardError) -> JSONResponse:
         status = next((code for kind, code in STATUS_OF if isinstance(exc, kind)), 500)
-        headers = {"Retry-After": "5"} if status == 503 else None
-        return error_response(status, str(exc), headers=headers)
+        return error_response(status, str(exc), headers=_error_headers(exc, status))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -54,7 +79,8 @@ def install_error_handlers(app: FastAPI) -> None:
             position = malformed.get("loc", ("body", "?"))[-1]
             return error_response(400, f"{MALFORMED_JSON}: {reason} at character {position}", errors)
         summary = "; ".join(f"{_field_path(e['loc'])}: {e['msg']}" for e in errors[:SUMMARISED_ERRORS])
-        return error_response(422, f"invalid request: {summary}", errors)
+        return error_response(422, f"invalid request: {summary}", errors,
+                              param=_field_path(errors[0]["loc"]) if errors else None)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -69,6 +95,16 @@ def install_error_handlers(app: FastAPI) -> None:
         # so the server logs its traceback; the caller gets no internals.
         return error_response(500, f"internal error ({type(exc).__name__}); this is a Switchyard bug, "
                                    "please report it")
+
+
+def _error_headers(exc: SwitchyardError, status: int) -> dict[str, str] | None:
+    if isinstance(exc, Unauthenticated):
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    if status == 503:
+        return {"Retry-After": "5"}
+    return None
 
 
 def _http_error_message(request: Request, exc: HTTPException) -> str:

@@ -1,8 +1,9 @@
-"""What the API returns. Requests are ``scheduler.jobspec.JobSpec`` / ``BatchSpec``."""
+"""What the API returns. Requests are ``scheduler.jobspec.JobSpec`` and, on OpenAI's paths,
+``scheduler.openai_compat`` (chat and text completions, ``POST /v1/batches``)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,35 +68,142 @@ class JobPageOut(BaseModel):
     next_cursor: str | None
 
 
+class BatchRequestCountsOut(BaseModel):
+    total: int
+    completed: int = Field(description="Requests answered (jobs succeeded).")
+    failed: int = Field(
+        description="Requests that ended without an answer (jobs failed, expired or cancelled).")
+
+
+class BatchErrorOut(BaseModel):
+    code: str
+    message: str
+    param: str | None
+    line: int | None = Field(description="The input file's line (from 1).")
+
+
+class BatchErrorsOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchErrorOut]
+
+
+class InputTokensDetailsOut(BaseModel):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetailsOut(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class BatchUsageOut(BaseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetailsOut = InputTokensDetailsOut()
+    output_tokens: int
+    output_tokens_details: OutputTokensDetailsOut = OutputTokensDetailsOut()
+    total_tokens: int
+
+
 class BatchOut(BaseModel):
+    """A batch in OpenAI's shape, plus Switchyard's fields. Times are Unix seconds. A batch of
+    inline jobs has no endpoint, input file or completion window."""
+
     id: str
-    owner: str
+    object: Literal["batch"] = "batch"
+    endpoint: str | None
+    errors: BatchErrorsOut | None = Field(description="Why its input file was refused (status failed).")
+    input_file_id: str | None
+    completion_window: str | None
+    status: str = Field(description="validating, failed, in_progress, finalizing, completed, expired, "
+                                    "cancelling or cancelled.")
+    output_file_id: str | None = Field(
+        description="Answered requests, once the batch has ended (OpenAI's lines).")
+    error_file_id: str | None = Field(
+        description="Requests that ended without an answer, once the batch has ended.")
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: BatchRequestCountsOut
+    metadata: dict[str, str] | None
+    usage: BatchUsageOut
+    # Switchyard's extensions.
+    owner: str = Field(description="The tenant it belongs to.")
     name: str | None
-    alpha: float | None
-    max_cost_usd: float | None
+    alpha: float | None = Field(description="Mean predicted quality its scheduled jobs must reach.")
+    max_cost_usd: float | None = Field(description="Spend cap for the whole batch.")
     num_jobs: int
     idempotency_key: str | None
-    created_at: dt.datetime
-    counts: dict[str, int]
-    cost_usd: float
-    done: bool
+    counts: dict[str, int] = Field(description="Its jobs per status.")
+    cost_usd: float = Field(description="Spent so far on its finished jobs.")
+    done: bool = Field(description="Every job is final (its status may still be finishing).")
+    job_ids: list[str] | None = Field(
+        default=None, description="Its jobs in order: in the answer to creating a batch of inline jobs only.")
 
 
-class BatchCreatedOut(BaseModel):
-    batch: BatchOut
-    job_ids: list[str]
+class BatchListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchOut]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class FileOut(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str = Field(description="batch (an uploaded input file) or batch_output (written by a batch).")
+    status: Literal["processed"] = Field(default="processed",
+                                         description="Always processed (OpenAI: deprecated).")
+    status_details: None = None
+    expires_at: int | None = Field(default=None, description="Never: files are kept until deleted.")
+    # Switchyard's extension.
+    owner: str = Field(description="The tenant it belongs to.")
+
+
+class FileListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileOut]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class FileDeletedOut(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool
 
 
 class ModelOut(BaseModel):
-    name: str
-    backend: str
-    prompt_format: str
+    """A model in OpenAI's shape, plus what Switchyard knows of it. ``auto`` (the scheduler
+    chooses per request) has no backend, prices or capacity of its own."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="When this API process loaded the fleet file.")
+    owned_by: str
+    # Switchyard's extensions.
+    backend: str | None
+    prompt_format: str | None
     usd_per_mtok_input: float | None
     usd_per_mtok_output: float | None
     usd_per_second: float | None
-    capacity_jobs: int
-    max_batch_jobs: int
-    live_workers: int
+    capacity_jobs: int | None
+    max_batch_jobs: int | None
+    live_workers: int = Field(description="Live worker processes hosting it (auto: all of them).")
+
+
+class ModelListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
 
 
 class WorkerOut(BaseModel):

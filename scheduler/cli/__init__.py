@@ -5,14 +5,14 @@ import logging
 
 import typer
 
-from scheduler.cli import embedded_cmd, jobs_cmd, predictor_cmd, replay_cmd, services_cmd
+from scheduler.cli import embedded_cmd, jobs_cmd, predictor_cmd, replay_cmd, services_cmd, tenants_cmd
 
 app = typer.Typer(
     name="switchyard", no_args_is_help=True, pretty_exceptions_enable=False,
     help="Cost-optimal batch scheduling of LLM jobs. Settings come from SWITCHYARD_* variables "
          "(see `switchyard settings`).",
 )
-for module in (jobs_cmd, services_cmd, embedded_cmd, predictor_cmd, replay_cmd):
+for module in (jobs_cmd, services_cmd, tenants_cmd, embedded_cmd, predictor_cmd, replay_cmd):
     module.register(app)
 
 

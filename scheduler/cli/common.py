@@ -10,8 +10,8 @@ import typer
 from pydantic import ValidationError
 
 from scheduler.client import SwitchyardClient
-from scheduler.errors import SwitchyardError
-from scheduler.settings import Settings
+from scheduler.errors import SwitchyardError, Unauthenticated
+from scheduler.settings import LOCAL_API_KEY_FILE, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,7 +26,7 @@ def settings() -> Settings:
 
 def client() -> SwitchyardClient:
     current = settings()
-    return SwitchyardClient(current.api_url, current.owner)
+    return SwitchyardClient(current.api_url, current.client_api_key())
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -41,6 +41,9 @@ def clean_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except Unauthenticated as exc:
+            fail(f"{exc}\n  client commands send SWITCHYARD_API_KEY, else the key `switchyard up` wrote to "
+                 f"{LOCAL_API_KEY_FILE}")
         except SwitchyardError as exc:
             fail(str(exc))
         except KeyboardInterrupt:

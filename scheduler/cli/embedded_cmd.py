@@ -12,7 +12,8 @@ from rich.table import Table
 from scheduler.cli.common import clean_errors, settings
 from scheduler.cli.jobs_cmd import wait_until_done
 from scheduler.client import SwitchyardClient
-from scheduler.embedded import EmbeddedStack, StopRequested
+from scheduler.embedded import LOCAL_TENANT, EmbeddedStack, StopRequested
+from scheduler.settings import LOCAL_API_KEY_FILE
 
 DEMO_QUESTIONS = [
     "What is the capital of France?",
@@ -38,9 +39,12 @@ def up(port: Annotated[int, typer.Option(help="API port.")] = 8000,
     """Start API, scheduler and one worker per fleet model on this machine (Ctrl-C, SIGTERM or SIGHUP
     stops them all)."""
     try:
-        with EmbeddedStack(settings(), log_dir, api_port=port, stop_on_signals=True) as stack:
+        with EmbeddedStack(settings(), log_dir, api_port=port, stop_on_signals=True,
+                           api_key_file=LOCAL_API_KEY_FILE) as stack:
             stack.wait_ready()
             typer.echo(f"Switchyard is up: API {stack.api_url} (docs {stack.api_url}/docs); logs in {log_dir}")
+            typer.echo(f"API key of tenant {LOCAL_TENANT!r}: {stack.api_key}\n  (kept in {LOCAL_API_KEY_FILE}, "
+                       "which the CLI reads; other clients send 'Authorization: Bearer <key>')")
             while True:
                 stack.check_alive()
                 time.sleep(1.0)
@@ -57,8 +61,9 @@ def demo(port: Annotated[int, typer.Option(help="API port for the demo stack.")]
     console = Console()
     console.print("Starting the embedded stack (SQLite + Celery over SQLite; models load once per worker)...")
     try:
-        jobs = _run_demo(console, EmbeddedStack(settings(), log_dir, api_port=port, stop_on_signals=True),
-                         timeout_s)
+        stack = EmbeddedStack(settings(), log_dir, api_port=port, stop_on_signals=True,
+                              api_key_file=LOCAL_API_KEY_FILE)
+        jobs = _run_demo(console, stack, timeout_s)
     except StopRequested as stop:
         console.print(f"stopped ({stop}) before the demo finished")
         raise typer.Exit(stop.exit_code) from None
@@ -71,10 +76,12 @@ def _run_demo(console: Console, stack: EmbeddedStack, timeout_s: float) -> list[
     """Submit the demo batch to a fresh stack and return its jobs, in question order, once all are done."""
     with stack:
         stack.wait_ready()
-        with SwitchyardClient(stack.api_url, stack.settings.owner) as api:
+        console.print(f"API key of tenant {LOCAL_TENANT!r} (kept in {LOCAL_API_KEY_FILE}): {stack.api_key}",
+                      soft_wrap=True)  # a key must never be broken across lines
+        with SwitchyardClient(stack.api_url, stack.api_key) as api:
             created = api.submit_batch({"name": "demo", "alpha": DEMO_ALPHA,
                                         "jobs": [{"prompt": q, "max_tokens": 48} for q in DEMO_QUESTIONS]})
-            batch_id = created["batch"]["id"]
+            batch_id = created["id"]
             console.print(f"Submitted batch {batch_id}: {len(DEMO_QUESTIONS)} questions, mean quality >= {DEMO_ALPHA}")
             if not wait_until_done(api, [batch_id], batch=True, timeout_s=timeout_s, poll_s=0.5,
                                    console=console):

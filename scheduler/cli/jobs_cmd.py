@@ -55,7 +55,7 @@ def submit(
         jobs = [defaults | line for line in read_jobs_file(file)]
         created = api.submit_batch({"jobs": jobs, "alpha": alpha, "name": name or file.name,
                                     "idempotency_key": idempotency_key})
-        typer.echo(created["batch"]["id"])
+        typer.echo(created["id"])
         typer.echo(f"{len(created['job_ids'])} jobs submitted", err=True)
 
 
@@ -155,7 +155,7 @@ def cancel(job_id: str) -> None:
 
 @clean_errors
 def models() -> None:
-    """List the fleet's models, their prices and live workers."""
+    """List the fleet's models (and "auto", the scheduler's choice), their prices and live workers."""
     with client() as api:
         for model in api.models():
             typer.echo(json.dumps(model))

@@ -36,6 +36,13 @@ PROMISE_MIN_LABELS = 30
 
 
 @dataclass(frozen=True)
+class Feedback:
+    """What finished jobs have taught so far, as the policy uses it."""
+    label_counts: tuple[int, ...] = ()   # labels per fleet model (order of fleet.names); () = none yet
+    promise_gap: float = 0.0             # recent mean(promised p - realised score), >= 0: added to alpha
+
+
+@dataclass(frozen=True)
 class Exploration:
     budget_fraction: float = 0.1   # most of a window's jobs that may be pinned to explore
     target_labels: int = 30        # a model with fewer labels than this is under-explored

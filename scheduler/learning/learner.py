@@ -11,11 +11,10 @@ import numpy as np
 
 from scheduler.datasets.records import OutcomeRecord
 from scheduler.fleet import Fleet
-from scheduler.learning.exploration import Exploration, promise_gap
+from scheduler.learning.exploration import Exploration, Feedback, promise_gap
 from scheduler.learning.fleet_predictor import FleetPredictor, PredictionCache
 from scheduler.learning.training import TrainingSet, training_set
 from scheduler.learning.versions import PredictorVersions
-from scheduler.policy import Feedback
 from scheduler.predictor import Predictor, PredictorError, make_predictor
 from scheduler.settings import Settings
 from scheduler.storage import Database

@@ -25,7 +25,8 @@ import numpy as np
 
 from scheduler.predictor.base import Predictor, register
 from scheduler.predictor.calibration import CalibrationMethod, Calibrator
-from scheduler.predictor.features import Features, make_featurizer
+from scheduler.predictor.features import Features
+from scheduler.predictor.featurizers import make_featurizer
 from scheduler.predictor.length import OutputLengthModel
 from scheduler.predictor.linear import LinearScorer
 from scheduler.predictor.retrieval import BetaRetrievalScorer
@@ -38,7 +39,7 @@ BLEND_STEP = 0.1
 class CalibratedPredictor(Predictor):
     """Shared machinery: featurise, fit raw scores with out-of-fold copies, calibrate, fit lengths."""
 
-    #: the text featuriser (``features.make_featurizer``); subclasses registered as ``*-minilm`` use
+    #: the text featuriser (``featurizers.make_featurizer``); subclasses registered as ``*-minilm`` use
     #: sentence embeddings, which need the optional ``embeddings`` extra
     default_featurizer = "tfidf"
     #: whether the featuriser also keeps the full n-gram TF-IDF for :class:`SparseLogisticScorer`

@@ -113,22 +113,3 @@ class TextFeaturizer:
 
     def fit_transform(self, prompts: Sequence[str]) -> Features:
         return self.fit(prompts).transform(prompts)
-
-
-FEATURIZERS = ("tfidf", "minilm", "minilm+lsa")
-
-
-def make_featurizer(kind: str = "tfidf", dim: int = 128, seed: int = 0, sparse_text: bool = False) -> TextFeaturizer:
-    """The featuriser named ``kind``: ``tfidf`` (TF-IDF/LSA, the default, no extra needed),
-    ``minilm`` (sentence embeddings) or ``minilm+lsa`` (both, concatenated); the last two need the
-    ``embeddings`` extra and import it only here, when asked for. ``sparse_text`` also keeps the
-    full word 1-2 gram TF-IDF (:attr:`Features.text`) for the sparse logistic scorer."""
-    if kind == "tfidf":
-        return TextFeaturizer(dim=dim, seed=seed, sparse_text=sparse_text)
-    if kind in ("minilm", "minilm+lsa"):
-        from scheduler.predictor.embeddings import EmbeddingFeaturizer, HybridFeaturizer
-
-        if kind == "minilm":
-            return EmbeddingFeaturizer(seed=seed, sparse_text=sparse_text)
-        return HybridFeaturizer(dim=dim, seed=seed, sparse_text=sparse_text)
-    raise ValueError(f"unknown featuriser {kind!r}; choose one of {FEATURIZERS}")

@@ -1,13 +1,20 @@
-"""Submitting, reading, listing and cancelling jobs (the API's side of the store)."""
+"""Submitting, reading, listing and cancelling jobs (the API's side of the store).
+
+New jobs belong to an ``owner`` (the tenant). Reads and changes take a ``scope``: the tenant whose
+objects the caller may see, or None for every tenant's (an admin). An object outside the scope is
+NotFound, exactly like one that does not exist.
+"""
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
+import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from scheduler.errors import Conflict, InvalidRequest, NotFound
@@ -16,7 +23,8 @@ from scheduler.jobspec import BatchSpec, JobSpec, unstorable_reason
 from scheduler.settings import Settings
 from scheduler.storage.database import Database, rows_affected
 from scheduler.storage.tables import Batch, Job
-from scheduler.storage.types import CANCELLABLE_STATUSES, JobStatus
+from scheduler.storage.tenants import admit_jobs
+from scheduler.storage.types import CANCELLABLE_STATUSES, BatchStatus, JobStatus
 
 
 @dataclass(frozen=True)
@@ -26,10 +34,24 @@ class JobPage:
 
 
 @dataclass(frozen=True)
-class BatchSummary:
-    batch: Batch
-    counts: dict[str, int]      # status -> number of jobs
-    cost_usd: float             # spent so far on finished jobs
+class FileBatch:
+    """An OpenAI batch of an input file's requests, as created (``POST /v1/batches``)."""
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    window_s: float                        # the completion window: its jobs' deadline and max_pending
+    metadata: dict[str, str] | None
+    alpha: float | None                    # Switchyard's metadata extension
+    max_cost_usd: float | None
+
+    def batch_row(self, owner: str, now: dt.datetime, *, num_jobs: int, status: BatchStatus) -> Batch:
+        fingerprint = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return Batch(id=str(uuid.uuid4()), owner=owner, alpha=self.alpha, max_cost_usd=self.max_cost_usd,
+                     num_jobs=num_jobs, request_hash=fingerprint, created_at=now, status=status.value,
+                     endpoint=self.endpoint, completion_window=self.completion_window,
+                     input_file_id=self.input_file_id, metadata_=self.metadata,
+                     expires_at=now + dt.timedelta(seconds=self.window_s))
 
 
 DEFAULT_MAX_PENDING_S: float = Settings.model_fields["max_pending_s"].default
@@ -45,7 +67,8 @@ class JobStore:
     # -- submit ---------------------------------------------------------------------------
     def submit_job(self, owner: str, spec: JobSpec, now: dt.datetime) -> tuple[Job, bool]:
         """Insert one pending job; returns (job, created). A repeated idempotency key returns
-        the first job, or raises Conflict if the key was used for a different request."""
+        the first job, or raises Conflict if the key was used for a different request. The
+        owner's limits are checked first (TooManyPendingJobs, SpendCapReached: nothing written)."""
         if spec.idempotency_key:
             existing = self._job_by_key(owner, spec.idempotency_key)
             if existing is not None:
@@ -53,6 +76,7 @@ class JobStore:
                 return existing, False
         try:
             with self.db.session() as session:
+                admit_jobs(session, owner, 1)
                 job = _new_job(owner, spec, None, now, spec.max_pending_s or self.default_max_pending_s)
                 session.add(job)
             return job, True
@@ -65,7 +89,8 @@ class JobStore:
             return existing, False
 
     def submit_batch(self, owner: str, spec: BatchSpec, now: dt.datetime) -> tuple[Batch, list[Job], bool]:
-        """Insert a batch and all its jobs in one transaction (all or nothing)."""
+        """Insert a batch and all its jobs in one transaction (all or nothing, the owner's limits
+        included)."""
         if spec.idempotency_key:
             found = self._batch_by_key(owner, spec.idempotency_key)
             if found is not None:
@@ -74,7 +99,8 @@ class JobStore:
         self._reject_reused_job_keys(owner, spec.jobs)
         batch = Batch(id=str(uuid.uuid4()), owner=owner, name=spec.name, alpha=spec.alpha,
                       max_cost_usd=spec.max_cost_usd, num_jobs=len(spec.jobs),
-                      idempotency_key=spec.idempotency_key, request_hash=spec.request_hash(), created_at=now)
+                      idempotency_key=spec.idempotency_key, request_hash=spec.request_hash(), created_at=now,
+                      status=BatchStatus.IN_PROGRESS.value, in_progress_at=now)
         # One microsecond apart: created_at then orders a batch's jobs as submitted (listing,
         # results files, the tick's oldest-first claim) instead of by random id.
         batch_max_pending_s = spec.max_pending_s or self.default_max_pending_s
@@ -83,6 +109,7 @@ class JobStore:
                 for index, job_spec in enumerate(spec.jobs)]
         try:
             with self.db.session() as session:
+                admit_jobs(session, owner, len(jobs))
                 session.add(batch)
                 session.flush()
                 session.add_all(jobs)
@@ -93,18 +120,47 @@ class JobStore:
             return found, self._batch_jobs(found.id), False
         return batch, jobs, True
 
+    def submit_file_batch(self, owner: str, request: FileBatch, jobs: Sequence[tuple[str, JobSpec]],
+                          now: dt.datetime) -> Batch:
+        """An OpenAI batch from an input file, ``in_progress``, with one pending job per request
+        line (``jobs``: custom_id and job), all written together or not at all (the owner's
+        limits included). Its jobs' order is the file's."""
+        batch = request.batch_row(owner, now, num_jobs=len(jobs), status=BatchStatus.IN_PROGRESS)
+        batch.in_progress_at = now
+        rows = [_new_job(owner, spec, batch.id, now + dt.timedelta(microseconds=index), request.window_s,
+                         custom_id=custom_id)
+                for index, (custom_id, spec) in enumerate(jobs)]
+        with self.db.session() as session:
+            admit_jobs(session, owner, len(rows))
+            session.add(batch)
+            session.flush()
+            session.add_all(rows)
+        return batch
+
+    def record_failed_batch(self, owner: str, request: FileBatch, errors: list[dict[str, object]],
+                            now: dt.datetime) -> Batch:
+        """An OpenAI batch whose input file is invalid: ``failed`` with its errors, no jobs."""
+        batch = request.batch_row(owner, now, num_jobs=0, status=BatchStatus.FAILED)
+        batch.failed_at = now
+        batch.errors = errors
+        with self.db.session() as session:
+            session.add(batch)
+        return batch
+
     # -- read -----------------------------------------------------------------------------
-    def get_job(self, owner: str, job_id: str) -> Job:
+    def get_job(self, scope: str | None, job_id: str) -> Job:
         with self.db.session() as session:
             job = session.get(Job, job_id)
-            if job is None or job.owner != owner:
+            if job is None or not _in_scope(job.owner, scope):
                 raise NotFound(f"no job {job_id}")
             return job
 
-    def list_jobs(self, owner: str, *, status: JobStatus | None = None, batch_id: str | None = None,
+    def list_jobs(self, scope: str | None, *, status: JobStatus | None = None, batch_id: str | None = None,
                   model: str | None = None, limit: int = 50, cursor: str | None = None) -> JobPage:
         """Newest first, keyset-paginated: pass ``next_cursor`` back to get the next page."""
-        query = select(Job).where(Job.owner == owner)
+        query = select(Job)
+        if scope is not None:
+            query = query.where(Job.owner == scope)
         if status is not None:
             query = query.where(Job.status == status)
         if batch_id is not None:
@@ -122,39 +178,36 @@ class JobStore:
         rows = rows[:limit]
         return JobPage(rows, _encode_cursor(rows[-1]) if more else None)
 
-    def get_batch(self, owner: str, batch_id: str) -> BatchSummary:
+    def job_status(self, scope: str | None, job_id: str) -> JobStatus:
+        """Only the job's status: what a caller waiting for the job polls."""
         with self.db.session() as session:
-            batch = session.get(Batch, batch_id)
-            if batch is None or batch.owner != owner:
-                raise NotFound(f"no batch {batch_id}")
-            counts = dict(session.execute(
-                select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)).all())
-            cost = session.scalar(select(func.coalesce(func.sum(Job.cost_usd), 0.0))
-                                  .where(Job.batch_id == batch_id))
-        return BatchSummary(batch, {JobStatus(s).value: n for s, n in counts.items()}, float(cost or 0.0))
+            status = session.scalar(select(Job.status).where(Job.id == job_id, _scope_filter(scope)))
+        if status is None:
+            raise NotFound(f"no job {job_id}")
+        return JobStatus(status)
 
     # -- cancel ---------------------------------------------------------------------------
-    def cancel_job(self, owner: str, job_id: str, now: dt.datetime) -> Job:
+    def cancel_job(self, scope: str | None, job_id: str, now: dt.datetime) -> Job:
         """Cancel a pending or queued job. A worker that later receives it skips it."""
         with self.db.session() as session:
             cancelled = rows_affected(session.execute(
-                update(Job).where(Job.id == job_id, Job.owner == owner,
+                update(Job).where(Job.id == job_id, _scope_filter(scope),
                                   Job.status.in_(CANCELLABLE_STATUSES))
                 .values(status=JobStatus.CANCELLED, finished_at=now, updated_at=now, lease_expires_at=None)
             ))
-        job = self.get_job(owner, job_id)
+        job = self.get_job(scope, job_id)
         if not cancelled and job.status != JobStatus.CANCELLED:
             raise Conflict(f"job {job_id} is {job.status.value}; only pending or queued jobs can be cancelled")
         return job
 
     # -- feedback -------------------------------------------------------------------------
-    def record_feedback(self, owner: str, job_id: str, score: float, now: dt.datetime) -> Job:
+    def record_feedback(self, scope: str | None, job_id: str, score: float, now: dt.datetime) -> Job:
         """A person's (or an external grader's) score for a finished job; it overrides the built-in grade."""
         with self.db.session() as session:
             updated = rows_affected(session.execute(
-                update(Job).where(Job.id == job_id, Job.owner == owner, Job.status == JobStatus.SUCCEEDED)
+                update(Job).where(Job.id == job_id, _scope_filter(scope), Job.status == JobStatus.SUCCEEDED)
                 .values(score=score, score_source="feedback", scored_at=now, updated_at=now)))
-        job = self.get_job(owner, job_id)
+        job = self.get_job(scope, job_id)
         if not updated:
             raise Conflict(f"job {job_id} is {job.status.value}; feedback is for succeeded jobs")
         return job
@@ -189,8 +242,18 @@ class JobStore:
             raise Conflict(f"idempotency_key {row.idempotency_key!r} was already used for a different request")
 
 
-def _new_job(owner: str, spec: JobSpec, batch_id: str | None, now: dt.datetime, max_pending_s: float) -> Job:
-    """A pending job row; ``max_pending_s`` is the job's own, else its batch's, else the setting."""
+def _in_scope(owner: str, scope: str | None) -> bool:
+    return scope is None or owner == scope
+
+
+def _scope_filter(scope: str | None) -> ColumnElement[bool]:
+    return true() if scope is None else Job.owner == scope
+
+
+def _new_job(owner: str, spec: JobSpec, batch_id: str | None, now: dt.datetime, max_pending_s: float, *,
+             custom_id: str | None = None) -> Job:
+    """A pending job row; ``max_pending_s`` is the job's own, else its batch's, else the setting.
+    ``custom_id``: its line's id in a batch input file."""
     return Job(
         id=str(uuid.uuid4()), batch_id=batch_id, owner=owner, status=JobStatus.PENDING,
         prompt=spec.prompt,
@@ -200,7 +263,7 @@ def _new_job(owner: str, spec: JobSpec, batch_id: str | None, now: dt.datetime, 
         max_cost_usd=spec.max_cost_usd, on_deadline_miss=spec.on_deadline_miss, metadata_=spec.metadata,
         reference=spec.reference,
         grader=(spec.grader or Grader.CONTAINS).value if spec.reference is not None else None,
-        idempotency_key=spec.idempotency_key,
+        idempotency_key=spec.idempotency_key, custom_id=custom_id,
         request_hash=spec.request_hash(), attempts=0, created_at=now, updated_at=now,
         expires_at=now + dt.timedelta(seconds=max_pending_s),
     )

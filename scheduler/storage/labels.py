@@ -4,9 +4,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
-from scheduler.plan import EXPLORING_REASON_PREFIX
 from scheduler.storage.database import Database
 from scheduler.storage.tables import Job, prompt_text
 from scheduler.storage.types import JobStatus
@@ -46,8 +45,7 @@ class LabelStore:
         model for (exploring jobs made no promise)."""
         query = (select(Job.predicted_quality, Job.score)
                  .where(Job.score.is_not(None), Job.predicted_quality.is_not(None),
-                        or_(Job.assignment_reason.is_(None),
-                            Job.assignment_reason.not_like(f"{EXPLORING_REASON_PREFIX}%")))
+                        Job.exploring.is_not(True))
                  .order_by(Job.scored_at.desc()).limit(limit))
         with self.db.session() as session:
             rows = session.execute(query).all()

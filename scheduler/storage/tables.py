@@ -4,11 +4,12 @@ Alembic migrations in ``migrations/`` create exactly these tables; a test compar
 """
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
-    JSON, Boolean, Enum, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text,
+    JSON, Boolean, Enum, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -24,8 +25,59 @@ class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
 
 
+class Tenant(Base):
+    """Who submits work: jobs, batches, files and keys belong to one tenant (``owner`` columns).
+
+    Its limits are None when unlimited; its weight is its share of scarce capacity."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    max_spend_usd: Mapped[float | None] = mapped_column(Float)
+    max_pending_jobs: Mapped[int | None] = mapped_column(Integer)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class ApiKey(Base):
+    """A bearer key of one tenant, stored only as its SHA-256; an admin key may act for any tenant."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(ForeignKey("tenants.name", ondelete="CASCADE"), index=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))     # the key's first characters, to recognise it in a list
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
+    last_used_at: Mapped[dt.datetime | None]
+
+
+class StoredFile(Base):
+    """A file of the OpenAI Files API: a batch's input, or the output and errors Switchyard writes."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_owner_created_at", "owner", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(Integer)
+    content: Mapped[builtins.bytes] = mapped_column(LargeBinary)   # builtins: `bytes` is a column here
+    created_at: Mapped[dt.datetime]
+
+
 class Batch(Base):
-    """Jobs submitted together; the unit of a mean-quality target and a spend cap."""
+    """Jobs submitted together; the unit of a mean-quality target and a spend cap.
+
+    A batch made from an input file through the OpenAI Batches API also carries that API's
+    fields (endpoint, files, status and its timestamps); a batch submitted with inline jobs has
+    them too, filled as far as they apply."""
 
     __tablename__ = "batches"
     __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_batches_owner_idempotency_key"),)
@@ -39,6 +91,23 @@ class Batch(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     request_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime]
+    # The OpenAI Batches API's view of the batch.
+    status: Mapped[str] = mapped_column(String(16), server_default="in_progress")
+    endpoint: Mapped[str | None] = mapped_column(String(32))
+    completion_window: Mapped[str | None] = mapped_column(String(8))
+    input_file_id: Mapped[str | None] = mapped_column(String(64))
+    output_file_id: Mapped[str | None] = mapped_column(String(64))
+    error_file_id: Mapped[str | None] = mapped_column(String(64))
+    errors: Mapped[list[Any] | None]
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    expires_at: Mapped[dt.datetime | None]
+    in_progress_at: Mapped[dt.datetime | None]
+    finalizing_at: Mapped[dt.datetime | None]
+    completed_at: Mapped[dt.datetime | None]
+    failed_at: Mapped[dt.datetime | None]
+    expired_at: Mapped[dt.datetime | None]
+    cancelling_at: Mapped[dt.datetime | None]
+    cancelled_at: Mapped[dt.datetime | None]
 
 
 def prompt_text(prompt: str | None, messages: list[dict[str, Any]] | None) -> str:
@@ -63,6 +132,9 @@ class Job(Base):
         # indexes keep those reads proportional to the window, not to the jobs table.
         Index("ix_jobs_pending_deadline_at", "deadline_at", postgresql_where=PENDING_ONLY, sqlite_where=PENDING_ONLY),
         Index("ix_jobs_pending_expires_at", "expires_at", postgresql_where=PENDING_ONLY, sqlite_where=PENDING_ONLY),
+        # Fair share reads each tenant's oldest pending jobs.
+        Index("ix_jobs_pending_owner_created_at", "owner", "created_at", postgresql_where=PENDING_ONLY,
+              sqlite_where=PENDING_ONLY),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -84,9 +156,11 @@ class Job(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     request_hash: Mapped[str] = mapped_column(String(64))
+    custom_id: Mapped[str | None] = mapped_column(String(512))   # its line's custom_id in a batch input file
     # The scheduling decision and its execution.
     assigned_model: Mapped[str | None] = mapped_column(String(64))
     assignment_reason: Mapped[str | None] = mapped_column(Text)
+    exploring: Mapped[bool | None] = mapped_column(Boolean)   # assigned to try a little-tried model
     predicted_quality: Mapped[float | None] = mapped_column(Float)
     predicted_cost_usd: Mapped[float | None] = mapped_column(Float)
     dispatch_id: Mapped[str | None] = mapped_column(String(36))

@@ -55,3 +55,21 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 def utcnow() -> dt.datetime:
     """The current time, aware, UTC. Pure code takes ``now`` as a parameter instead."""
     return dt.datetime.now(dt.timezone.utc)
+
+
+class BatchStatus(str, enum.Enum):
+    """A batch's status, as OpenAI's Batches API names them (the ``batches.status`` column)."""
+
+    VALIDATING = "validating"    # its input file is being read (within the create request)
+    FAILED = "failed"            # its input file was invalid: see its errors; it has no jobs
+    IN_PROGRESS = "in_progress"  # its jobs are being scheduled and run
+    FINALIZING = "finalizing"    # every job is final; its output and error files are being written
+    COMPLETED = "completed"
+    EXPIRED = "expired"          # its completion window ended with requests not run (they are in the error file)
+    CANCELLING = "cancelling"    # cancelled: waiting for its running jobs to end
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED)
+

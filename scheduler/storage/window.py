@@ -15,20 +15,20 @@ proportional to what happened to each job.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Table, case, delete, func, insert, literal, select, text, update
+from sqlalchemy import Select, Table, case, delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from scheduler.fleet import Fleet
-from scheduler.plan import Deferral, ModelState, Plan, WindowJob
+from scheduler.plan import Deferral, Dispatch, ModelState, Plan, WindowJob
 from scheduler.storage.database import Database, rows_affected
 from scheduler.storage.leader import LeaderTerm, confirm_term
-from scheduler.storage.tables import Batch, Decision, Job, Tick, WorkerHeartbeat, prompt_text
+from scheduler.storage.tables import Batch, Decision, Job, Tenant, Tick, WorkerHeartbeat, prompt_text
 from scheduler.storage.types import JobStatus, utcnow
 from scheduler.urgency import URGENT_DEADLINE_LEAD_S
 
@@ -56,15 +56,6 @@ class TickRecord:
     term: LeaderTerm | None   # None: an unfenced tick (tests, a one-off run with no leader)
     started_at: dt.datetime
     window_jobs: int
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    """One Celery task to publish: a micro-batch of jobs for one model."""
-
-    dispatch_id: str
-    model: str
-    job_ids: tuple[str, ...]
 
 
 class WindowStore:
@@ -100,8 +91,9 @@ class WindowStore:
         """The ids the next window would claim, in its order (no lock: a read-ahead, so the
         scheduler can score them while it waits for the tick)."""
         with self.db.session() as session:
-            urgent = list(session.scalars(_urgent_first(select(Job.id), limit, now)))
-            return urgent + list(session.scalars(_oldest_first(select(Job.id), limit - len(urgent), urgent)))
+            rows = _choose_window(lambda query: list(session.execute(query).all()), select(Job.id),
+                                  limit, now, _pending_tenant_weights(session))
+        return [row.id for row in rows]
 
     def queued_dispatches(self, queued_before: dt.datetime) -> dict[str, set[str]]:
         """model -> dispatch ids of jobs queued (published, not yet started) before the time given."""
@@ -167,23 +159,19 @@ class ClaimedWindow:
         # Plain columns, not ORM objects: a 10k-job window is read in one pass without identity-map work.
         columns = select(*CLAIMED_COLUMNS, Batch.alpha, Batch.max_cost_usd.label("batch_cap")).outerjoin(
             Batch, Job.batch_id == Batch.id)
-        urgent = self._locked(_urgent_first(columns, limit, now))
-        rows = urgent + self._locked(_oldest_first(columns, limit - len(urgent), [row.id for row in urgent]))
-        committed = self._batch_spend({row.batch_id for row in rows if row.batch_cap is not None})
-        return [_window_job(row, None if row.batch_cap is None else row.batch_cap - committed.get(row.batch_id, 0.0))
-                for row in rows]
+        tenants = _pending_tenant_weights(self.session)
+        rows = _choose_window(self._locked, columns, limit, now, tenants)
+        batch_spent = committed_spend(self.session, Job.batch_id, {r.batch_id for r in rows if r.batch_cap is not None})
+        caps = _tenant_caps(self.session, {row.owner for row in rows})
+        tenant_spent = committed_spend(self.session, Job.owner, set(caps))
+        return [_window_job(
+            row, None if row.batch_cap is None else row.batch_cap - batch_spent.get(row.batch_id, 0.0),
+            tenants.get(row.owner, DEFAULT_TENANT_WEIGHT),
+            None if row.owner not in caps else caps[row.owner] - tenant_spent.get(row.owner, 0.0))
+            for row in rows]
 
     def _locked(self, query: Select[Any]) -> list[Row[Any]]:
         return list(self.session.execute(query.with_for_update(skip_locked=True, of=Job.__table__)).all())
-
-    def _batch_spend(self, batch_ids: set[str | None]) -> dict[str | None, float]:
-        """Per batch: real cost of finished jobs + predicted cost reserved by queued/running ones."""
-        if not batch_ids:
-            return {}
-        spent = func.coalesce(func.sum(case(
-            (Job.status.in_(ACTIVE_STATUSES), Job.predicted_cost_usd), else_=Job.cost_usd)), 0.0)
-        return dict(self.session.execute(
-            select(Job.batch_id, spent).where(Job.batch_id.in_(batch_ids)).group_by(Job.batch_id)).all())
 
     def model_states(self, fleet: Fleet, now: dt.datetime, heartbeat_ttl_s: float) -> list[ModelState]:
         """Live worker slots, backlog and measured speed per model.
@@ -257,11 +245,11 @@ class ClaimedWindow:
                     lease: dt.datetime, now: dt.datetime) -> None:
         """Assigned jobs -> queued with their model, reason, prediction, dispatch and lease;
         deferred jobs whose reason changed -> that reason (they stay pending)."""
-        # (id, model, reason, quality, cost, dispatch); no model: a deferral's new reason
-        per_job: list[tuple[str, str | None, str, float | None, float | None, str | None]] = [
-            (a.job_id, a.model, a.reason, a.predicted_quality, a.predicted_cost_usd, dispatch_of[a.job_id])
-            for a in plan.assignments]
-        per_job += [(d.job_id, None, d.reason, None, None, None) for d in changed]
+        # (id, model, reason, quality, cost, dispatch, exploring); no model: a deferral's new reason
+        per_job: list[tuple[str, str | None, str, float | None, float | None, str | None, bool | None]] = [
+            (a.job_id, a.model, a.reason, a.predicted_quality, a.predicted_cost_usd, dispatch_of[a.job_id],
+             a.exploring) for a in plan.assignments]
+        per_job += [(d.job_id, None, d.reason, None, None, None, None) for d in changed]
         if not per_job:
             return
         if self.is_sqlite:
@@ -270,24 +258,24 @@ class ClaimedWindow:
             if plan.assignments:
                 self.session.execute(update(Job), [
                     {"id": i, "assigned_model": m, "assignment_reason": r, "predicted_quality": q,
-                     "predicted_cost_usd": c, "dispatch_id": d} | common
-                    for i, m, r, q, c, d in per_job if m is not None])
+                     "predicted_cost_usd": c, "dispatch_id": d, "exploring": e} | common
+                    for i, m, r, q, c, d, e in per_job if m is not None])
             if changed:
                 self.session.execute(update(Job), [{"id": d.job_id, "assignment_reason": d.reason, "updated_at": now}
                                                    for d in changed])
             return
         # Postgres: COPY the plan into a temporary table, then one UPDATE joined to it per kind of
-        # row (25% faster at 10k jobs than passing six bound arrays through unnest, which the
-        # driver adapts value by value; an UPDATE per job is ~10x slower).
+        # row (25% faster at 10k jobs than passing the columns as bound arrays through unnest,
+        # which the driver adapts value by value; an UPDATE per job is ~10x slower).
         self.session.execute(text(
             "CREATE TEMPORARY TABLE IF NOT EXISTS tick_plan (id varchar, model varchar, reason text,"
-            " quality float8, cost float8, dispatch varchar) ON COMMIT DELETE ROWS"))
-        self._copy_rows("tick_plan", ("id", "model", "reason", "quality", "cost", "dispatch"), per_job)
+            " quality float8, cost float8, dispatch varchar, exploring boolean) ON COMMIT DELETE ROWS"))
+        self._copy_rows("tick_plan", ("id", "model", "reason", "quality", "cost", "dispatch", "exploring"), per_job)
         if plan.assignments:
             self.session.execute(text(
                 "UPDATE jobs SET status = :status, assigned_model = p.model, assignment_reason = p.reason,"
                 " predicted_quality = p.quality, predicted_cost_usd = p.cost, dispatch_id = p.dispatch,"
-                " lease_expires_at = :lease, queued_at = :now, updated_at = :now"
+                " exploring = p.exploring, lease_expires_at = :lease, queued_at = :now, updated_at = :now"
                 " FROM tick_plan AS p WHERE jobs.id = p.id AND p.model IS NOT NULL"),
                 {"status": JobStatus.QUEUED.value, "lease": lease, "now": now})
         if changed:
@@ -305,7 +293,7 @@ def _weighted_mean(values: list[tuple[float | None, int]]) -> float | None:
 
 CLAIMED_COLUMNS = (Job.id, Job.batch_id, Job.prompt, Job.messages, Job.max_tokens, Job.min_quality, Job.deadline_at,
                    Job.allowed_models, Job.max_cost_usd, Job.created_at, Job.attempts, Job.on_deadline_miss,
-                   Job.assignment_reason)
+                   Job.assignment_reason, Job.owner)
 
 
 def _lockable_in_id_order(*conditions: Any) -> Select[Any]:
@@ -317,20 +305,96 @@ def _lockable_in_id_order(*conditions: Any) -> Select[Any]:
 
 def _urgent_first(query: Select[Any], limit: int, now: dt.datetime) -> Select[Any]:
     """Pending jobs whose deadline is near, nearest first (the partial index on deadline_at)."""
-    return (query.where(Job.status == JobStatus.PENDING,
-                        Job.deadline_at <= now + dt.timedelta(seconds=URGENT_DEADLINE_LEAD_S))
+    return (query.where(Job.status == JobStatus.PENDING, Job.deadline_at <= _urgent_before(now))
             .order_by(Job.deadline_at, Job.id).limit(max(limit, 0)))
 
 
-def _oldest_first(query: Select[Any], limit: int, already: Sequence[str]) -> Select[Any]:
-    """Pending jobs, oldest first (the index on status, created_at), except those ``already`` taken."""
-    query = query.where(Job.status == JobStatus.PENDING)
+def _oldest_first(query: Select[Any], limit: int, now: dt.datetime, already: Sequence[str] = (),
+                  tenant: str | None = None) -> Select[Any]:
+    """Pending jobs whose deadline is not near (those came first), of ``tenant`` or of anyone,
+    oldest first (the indexes on status or owner, created_at), except those ``already`` taken.
+    The near deadlines are left out by condition, not by id: thousands of ids in a NOT IN list
+    cost more to send than the rows they exclude."""
+    query = query.where(Job.status == JobStatus.PENDING,
+                        or_(Job.deadline_at.is_(None), Job.deadline_at > _urgent_before(now)))
+    if tenant is not None:
+        query = query.where(Job.owner == tenant)
     if already:
         query = query.where(Job.id.not_in(list(already)))
     return query.order_by(Job.created_at, Job.id).limit(max(limit, 0))
 
 
-def _window_job(row: Row[Any], budget_left_usd: float | None) -> WindowJob:
+def _urgent_before(now: dt.datetime) -> dt.datetime:
+    return now + dt.timedelta(seconds=URGENT_DEADLINE_LEAD_S)
+
+
+def _choose_window(fetch: Callable[[Select[Any]], list[Row[Any]]], columns: Select[Any], limit: int,
+                   now: dt.datetime, tenant_weights: dict[str, float]) -> list[Row[Any]]:
+    """The window's rows, most urgent first, in three slices each read by an index:
+    jobs whose deadline is near; then, when several tenants wait, each tenant's oldest jobs, a
+    share of the rest of the window by its weight (so one tenant's backlog cannot keep another's
+    jobs out of the window); then the oldest of anyone's to fill what is left."""
+    rows = fetch(_urgent_first(columns, limit, now))
+    room = limit - len(rows)
+    shared: list[str] = []    # ids taken by the tenants' shares, which the fill must skip
+    if len(tenant_weights) > 1 and room > 0:
+        total = sum(tenant_weights.values())
+        for tenant, weight in sorted(tenant_weights.items()):
+            share = min(max(1, int(room * weight / total)), limit - len(rows))
+            if share <= 0:
+                break
+            found = fetch(_oldest_first(columns, share, now, shared, tenant))
+            rows += found
+            shared += [row.id for row in found]
+    if len(rows) >= limit:
+        return rows
+    return rows + fetch(_oldest_first(columns, limit - len(rows), now, shared))
+
+
+# A tenant without a row in the tenants table: weight 1, no limits.
+DEFAULT_TENANT_WEIGHT = 1.0
+# The distinct owners of pending jobs by skipping through the pending-owner index, one probe per
+# tenant, instead of reading every pending row (a recursive CTE: Postgres has no skip scan).
+PENDING_OWNERS_SQL = text(
+    "WITH RECURSIVE pending_owners(owner) AS ("
+    " SELECT min(owner) FROM jobs WHERE status = 'pending'"
+    " UNION ALL SELECT (SELECT min(j.owner) FROM jobs AS j WHERE j.status = 'pending' AND j.owner > p.owner)"
+    " FROM pending_owners AS p WHERE p.owner IS NOT NULL)"
+    " SELECT owner FROM pending_owners WHERE owner IS NOT NULL")
+
+
+def _pending_tenant_weights(session: Session) -> dict[str, float]:
+    """Every tenant with pending jobs, and its fair-share weight."""
+    owners = list(session.scalars(PENDING_OWNERS_SQL))
+    weights = dict(session.execute(select(Tenant.name, Tenant.weight).where(Tenant.name.in_(owners))).all()) \
+        if owners else {}
+    return {owner: float(weights.get(owner, DEFAULT_TENANT_WEIGHT)) for owner in owners}
+
+
+def _tenant_caps(session: Session, tenants: set[str]) -> dict[str, float]:
+    """The spend caps of those ``tenants`` that have one."""
+    if not tenants:
+        return {}
+    return {name: float(cap or 0.0) for name, cap in session.execute(
+        select(Tenant.name, Tenant.max_spend_usd).where(Tenant.name.in_(sorted(tenants)),
+                                                        Tenant.max_spend_usd.is_not(None))).all()}
+
+
+def committed_spend(session: Session, key: Any, values: set[Any]) -> dict[Any, float]:
+    """Per value of ``key`` (Job.batch_id, Job.owner): the real cost of its finished jobs plus the
+    predicted cost reserved by its queued and running ones. Budgets are checked against this, so
+    dispatched work never exceeds a cap even before its real cost is known."""
+    values = {value for value in values if value is not None}
+    if not values:
+        return {}
+    spent = func.coalesce(func.sum(case(
+        (Job.status.in_(ACTIVE_STATUSES), Job.predicted_cost_usd), else_=Job.cost_usd)), 0.0)
+    return {k: float(v) for k, v in session.execute(
+        select(key, spent).where(key.in_(sorted(values))).group_by(key)).all()}
+
+
+def _window_job(row: Row[Any], budget_left_usd: float | None, tenant_weight: float,
+                tenant_budget_left_usd: float | None) -> WindowJob:
     return WindowJob(
         id=row.id, batch_id=row.batch_id, prompt_text=prompt_text(row.prompt, row.messages), max_tokens=row.max_tokens,
         min_quality=row.min_quality, deadline_at=row.deadline_at,
@@ -338,4 +402,5 @@ def _window_job(row: Row[Any], budget_left_usd: float | None) -> WindowJob:
         max_cost_usd=row.max_cost_usd, batch_alpha=row.alpha, created_at=row.created_at,
         attempts=row.attempts, expire_on_deadline_miss=row.on_deadline_miss == "expire",
         batch_budget_left_usd=budget_left_usd, last_reason=row.assignment_reason,
+        tenant=row.owner, tenant_weight=tenant_weight, tenant_budget_left_usd=tenant_budget_left_usd,
     )

@@ -24,3 +24,7 @@ def test_embedded_demo_answers_real_questions(tmp_path: Path) -> None:
     assert "6/6 succeeded" in output
     assert "Paris" in output
     assert (tmp_path / ".switchyard" / "switchyard.db").exists()
+    # The demo made its tenant's key and kept it for the CLI, readable by its owner only.
+    key_file = tmp_path / ".switchyard" / "api-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_text().strip() in output

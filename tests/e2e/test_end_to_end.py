@@ -21,7 +21,7 @@ def test_submit_schedule_run_and_poll(pg_db: Database, redis_url: str, tmp_path:
     settings = make_settings(pg_db.url, redis_url, tick_interval_s=0.5, heartbeat_interval_s=1.0)
     with EmbeddedStack(settings, tmp_path / "logs", api_port=free_port()) as stack:
         stack.wait_ready(timeout_s=300)
-        with SwitchyardClient(stack.api_url, "e2e") as api:
+        with SwitchyardClient(stack.api_url, stack.api_key) as api:
             assert {w["model"] for w in api.workers()} == {"smollm2-135m", "gemma-3-270m"}
             jobs = [
                 {"prompt": FRANCE, "max_tokens": 32, "allowed_models": ["smollm2-135m"]},
@@ -30,7 +30,7 @@ def test_submit_schedule_run_and_poll(pg_db: Database, redis_url: str, tmp_path:
                 {"prompt": "Name a primary colour.", "max_tokens": 24},
             ]
             batch = api.submit_batch({"name": "e2e", "jobs": jobs})
-            batch_id = batch["batch"]["id"]
+            batch_id = batch["id"]
             deadline = time.monotonic() + 300
             while not api.batch(batch_id)["done"]:
                 stack.check_alive()

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from scheduler.client import SwitchyardClient
 from scheduler.storage import Database, JobStatus, utcnow
 from scheduler.storage.tables import Decision, Job, Tick
+from tests.conftest import bearer
 from tests.e2e.faultkit import (
     account, connections_refused, echo_fleet, fault_settings, kill_group, postgres_cluster, restart_redis,
     stack_process_running, start_stack, terminate_leader_lock_connection, wait_all_final, wait_for,
@@ -36,7 +37,7 @@ def submit(api: SwitchyardClient, count: int, max_tokens: int = 48) -> list[str]
 def test_kill_9_a_worker_mid_batch(pg_db: Database, redis_url: str, tmp_path: Path) -> None:
     stack = start_stack(fault_settings(pg_db.url, redis_url), tmp_path, worker_models=[SMOL, SMOL])
     try:
-        with SwitchyardClient(stack.api_url, "faults") as api:
+        with SwitchyardClient(stack.api_url, stack.api_key) as api:
             job_ids = submit(api, 12)
             victim = wait_for(lambda: stack_process_running(stack, api, job_ids), 120, "a job running")
             kill_group(stack.processes.pop(victim), signal.SIGKILL)
@@ -56,7 +57,7 @@ def test_redis_restart_loses_messages_and_the_audit_replans_them_within_60_s(pg_
                               fleet_file=echo_fleet(tmp_path, max_batch_jobs=1, delay_s=1.0))
     stack = start_stack(settings, tmp_path, worker_models=["echo"])
     try:
-        with SwitchyardClient(stack.api_url, "faults") as api:
+        with SwitchyardClient(stack.api_url, stack.api_key) as api:
             job_ids = api.submit_batch({"jobs": [{"prompt": f"job {i}"} for i in range(10)]})["job_ids"]
             wait_for(lambda: sum(api.job(j)["status"] == "queued" for j in job_ids) >= 6, 60, "queued jobs")
             restart_redis()  # every queued message is gone; Postgres still says "queued"
@@ -86,20 +87,22 @@ def test_postgres_restart_gives_503_then_recovers_without_loss(pg_db: Database, 
     stack = start_stack(fault_settings(pg_db.url, redis_url), tmp_path, worker_models=[SMOL])
     pg_db.dispose()
     try:
-        with SwitchyardClient(stack.api_url, "faults") as api:
+        with SwitchyardClient(stack.api_url, stack.api_key) as api:
             job_ids = submit(api, 8)
             wait_for(lambda: any(api.job(j)["status"] == "running" for j in job_ids), 60, "a job running")
             postgres_cluster("stop")
             try:
+                # A key that cannot be checked while the database is down is a 503 too, never a 401.
+                key = bearer(stack.api_key)
                 during = [httpx.get(f"{stack.api_url}/readyz", timeout=10),
-                          httpx.get(f"{stack.api_url}/v1/jobs/{job_ids[0]}", timeout=10),
-                          httpx.post(f"{stack.api_url}/v1/jobs", json={"prompt": "x"}, timeout=10)]
+                          httpx.get(f"{stack.api_url}/v1/jobs/{job_ids[0]}", headers=key, timeout=10),
+                          httpx.post(f"{stack.api_url}/v1/jobs", json={"prompt": "x"}, headers=key, timeout=10)]
                 time.sleep(3)  # the worker finishes a generation and must hold its result
             finally:
                 postgres_cluster("start")
             restarted_at = utcnow()
             assert [r.status_code for r in during] == [503, 503, 503]
-            assert "database unavailable" in during[1].json()["error"]
+            assert "database unavailable" in during[1].json()["error"]["message"]
             wait_for(lambda: httpx.get(f"{stack.api_url}/readyz", timeout=10).status_code == 200, 60, "API ready")
             wait_for_tick_after(pg_db, restarted_at, timeout_s=30)
             jobs = wait_all_final(api, job_ids, timeout_s=240)
@@ -114,7 +117,7 @@ def test_refused_connections_for_10_s_the_scheduler_lives_and_ticks_within_5_s(
     settings = fault_settings(pg_db.url, redis_url, fleet_file=echo_fleet(tmp_path, delay_s=0.05))
     stack = start_stack(settings, tmp_path, worker_models=["echo"])
     try:
-        with SwitchyardClient(stack.api_url, "faults") as api:
+        with SwitchyardClient(stack.api_url, stack.api_key) as api:
             before = api.submit_batch({"jobs": [{"prompt": f"before {i}"} for i in range(40)]})["job_ids"]
             wait_for(lambda: api.job(before[0])["status"] != "pending", 30, "the first tick")
             with connections_refused(pg_db.url):
@@ -137,7 +140,7 @@ def test_a_leader_that_lost_its_lock_never_commits_beside_its_successor(
     settings = fault_settings(pg_db.url, redis_url, fleet_file=echo_fleet(tmp_path, delay_s=0.01))
     stack = start_stack(settings, tmp_path, worker_models=["echo"])
     try:
-        with SwitchyardClient(stack.api_url, "faults") as api:
+        with SwitchyardClient(stack.api_url, stack.api_key) as api:
             job_ids = api.submit_batch({"jobs": [{"prompt": f"first {i}"} for i in range(30)]})["job_ids"]
             wait_for(lambda: api.job(job_ids[0])["status"] != "pending", 30, "the first tick")
             terminate_leader_lock_connection(pg_db.url)
@@ -183,7 +186,7 @@ job_timeout_s = 1.5
     settings = fault_settings(pg_db.url, redis_url, fleet_file=fleet_file, max_attempts=2)
     stack = start_stack(settings, tmp_path, worker_models=[SMOL])
     try:
-        with SwitchyardClient(stack.api_url, "faults") as api:
+        with SwitchyardClient(stack.api_url, stack.api_key) as api:
             batch = api.submit_batch({"jobs": [
                 {"prompt": "What is the capital of France?", "max_tokens": 16},
                 # Hangs: SmolLM2 writes all 450 tokens (~4.5 s here; counting to 1000 stopped
@@ -207,7 +210,7 @@ job_timeout_s = 1.5
 def test_sigterm_finishes_or_returns_the_current_jobs(pg_db: Database, redis_url: str, tmp_path: Path) -> None:
     stack = start_stack(fault_settings(pg_db.url, redis_url), tmp_path, worker_models=[SMOL])
     try:
-        with SwitchyardClient(stack.api_url, "faults") as api:
+        with SwitchyardClient(stack.api_url, stack.api_key) as api:
             job_ids = submit(api, 8)
             worker = stack.processes["worker-smollm2-135m"]
             wait_for(lambda: any(api.job(j)["status"] == "running" for j in job_ids), 60, "a job running")

@@ -76,6 +76,7 @@ class Command:
     process: subprocess.Popen[bytes]
     output: Path
     api_url: str
+    env: dict[str, str]
     seen_groups: set[int] = field(default_factory=set)  # to clean up after a failed test
 
     def text(self) -> str:
@@ -112,7 +113,7 @@ delay_s = {delay_s}
     with output.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "scheduler.cli", command, "--port", str(port)],
                                    cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-    running = Command(process, output, f"http://127.0.0.1:{port}")
+    running = Command(process, output, f"http://127.0.0.1:{port}", env)
     try:
         yield running
     finally:
@@ -184,8 +185,16 @@ def test_sighup_while_starting_stops_what_has_started(tmp_path: Path) -> None:
 def test_a_second_signal_kills_without_waiting_for_a_running_job(tmp_path: Path) -> None:
     with switchyard(tmp_path, "up", delay_s=120) as command:
         wait_until_up(command)
-        with SwitchyardClient(command.api_url, "signals") as api:
-            job_id = api.submit_job({"prompt": "a slow one", "max_tokens": 4})["id"]
+        # The CLI beside `up` finds the key `up` wrote to .switchyard/api-key (mode 0600): no setup.
+        key_file = tmp_path / ".switchyard" / "api-key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        submitted = subprocess.run([sys.executable, "-m", "scheduler.cli", "submit", "a slow one", "--max-tokens", "4"],
+                                   cwd=tmp_path, env=command.env | {"SWITCHYARD_API_URL": command.api_url},
+                                   capture_output=True, text=True, timeout=60)
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip()
+        with SwitchyardClient(command.api_url, key_file.read_text().strip()) as api:
+            assert api.job(job_id)["owner"] == "local"
             wait_for(lambda: api.job(job_id)["status"] == "running", 60, "the job to run")
         started = command.started()
         command.process.send_signal(signal.SIGTERM)

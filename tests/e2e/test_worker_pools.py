@@ -18,7 +18,7 @@ def test_solo_pool_worker_runs_jobs_and_leaves_cleanly(pg_db: Database, redis_ur
     stack = start_stack(fault_settings(pg_db.url, redis_url), tmp_path, worker_models=[])
     try:
         worker = stack.spawn("worker-solo", ["worker", "--model", "smollm2-135m", "--pool", "solo"])
-        with SwitchyardClient(stack.api_url, "pools") as api:
+        with SwitchyardClient(stack.api_url, stack.api_key) as api:
             [beat] = wait_for(api.workers, 120, "the solo worker to report in")
             assert beat["pid"] == worker.pid  # the model lives in the worker's own process
             batch = api.submit_batch({"jobs": [{"prompt": f"Say the number {i}.", "max_tokens": 12}

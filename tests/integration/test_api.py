@@ -14,13 +14,13 @@ from scheduler.fleet import Fleet
 from scheduler.jobspec import BatchSpec, JobSpec
 from scheduler.storage import Database, JobStatus
 from scheduler.storage.tables import Batch, Job
-from tests.conftest import make_settings
+from tests.conftest import bearer, create_api_key, make_settings
 
 
 @pytest.fixture
 def api(pg_db: Database, fleet: Fleet) -> Iterator[TestClient]:
     settings = make_settings(pg_db.url, max_body_bytes=64 * 1024, max_jobs_per_request=50, max_tokens_limit=1024)
-    with TestClient(create_app(settings, pg_db, fleet)) as client:
+    with TestClient(create_app(settings, pg_db, fleet), headers=bearer(create_api_key(pg_db, "default"))) as client:
         yield client
 
 
@@ -50,21 +50,16 @@ def test_submit_get_list_cancel(api: TestClient) -> None:
     assert api.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"  # idempotent
 
 
-def test_owners_see_only_their_jobs(api: TestClient) -> None:
-    job = api.post("/v1/jobs", json={"prompt": "mine"}, headers={"X-Switchyard-Owner": "team-a"}).json()
-    assert job["owner"] == "team-a"
-    assert api.get(f"/v1/jobs/{job['id']}", headers={"X-Switchyard-Owner": "team-b"}).status_code == 404
-    assert api.get("/v1/jobs", headers={"X-Switchyard-Owner": "team-b"}).json()["jobs"] == []
-
-
 def test_batch_is_written_whole(api: TestClient, pg_db: Database) -> None:
     response = api.post("/v1/batches", json={"name": "b", "alpha": 0.5, "jobs": [
         {"prompt": "one"}, {"prompt": "two", "allowed_models": ["gemma-3-270m"]}]})
     assert response.status_code == 201
     body = response.json()
-    assert len(body["job_ids"]) == 2 and body["batch"]["counts"] == {"pending": 2}
-    assert api.get(f"/v1/batches/{body['batch']['id']}").json()["done"] is False
-    listed = api.get("/v1/jobs", params={"batch_id": body["batch"]["id"]}).json()["jobs"]
+    assert len(body["job_ids"]) == 2 and body["counts"] == {"pending": 2}
+    assert (body["object"], body["status"], body["request_counts"]) == (
+        "batch", "in_progress", {"total": 2, "completed": 0, "failed": 0})
+    assert api.get(f"/v1/batches/{body['id']}").json()["done"] is False
+    listed = api.get("/v1/jobs", params={"batch_id": body["id"]}).json()["jobs"]
     assert {j["id"] for j in listed} == set(body["job_ids"])
     assert counts(pg_db) == (2, 1)
 
@@ -75,7 +70,7 @@ def test_idempotent_job_submit(api: TestClient, pg_db: Database) -> None:
     assert first.status_code == 201 and again.status_code == 200
     assert again.json()["id"] == first.json()["id"]
     other = api.post("/v1/jobs", json={"prompt": "different", "idempotency_key": "k1"})
-    assert other.status_code == 409 and "different request" in other.json()["error"]
+    assert other.status_code == 409 and "different request" in other.json()["error"]["message"]
     assert counts(pg_db) == (1, 0)
 
 
@@ -112,13 +107,13 @@ def test_bad_job_is_a_clear_4xx_and_writes_nothing(api: TestClient, pg_db: Datab
                                                    status: int, words: str) -> None:
     response = api.post("/v1/jobs", json=body)
     assert response.status_code == status, response.text
-    assert words in response.json()["error"]
+    assert words in response.json()["error"]["message"]
     assert counts(pg_db) == (0, 0)
 
 
 def test_malformed_json_is_400(api: TestClient, pg_db: Database) -> None:
     response = api.post("/v1/jobs", content=b'{"prompt": "a",', headers={"content-type": "application/json"})
-    assert response.status_code == 400 and response.json()["error"].startswith("malformed JSON body: ")
+    assert response.status_code == 400 and response.json()["error"]["message"].startswith("malformed JSON body: ")
     assert counts(pg_db) == (0, 0)
 
 
@@ -131,15 +126,15 @@ def test_oversized_body_is_413(api: TestClient, pg_db: Database) -> None:
         yield body[50_000:]
 
     response = api.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
-    assert response.status_code == 413 and "larger than" in response.json()["error"]
+    assert response.status_code == 413 and "larger than" in response.json()["error"]["message"]
     assert counts(pg_db) == (0, 0)
 
 
 def test_one_bad_job_rejects_the_whole_batch(api: TestClient, pg_db: Database) -> None:
     response = api.post("/v1/batches", json={"jobs": [{"prompt": "fine"}, {"prompt": "x", "max_tokens": 99_999}]})
-    assert response.status_code == 422 and "jobs[1]" in response.json()["error"]
+    assert response.status_code == 422 and "jobs[1]" in response.json()["error"]["message"]
     too_many = api.post("/v1/batches", json={"jobs": [{"prompt": "p"}] * 51})
-    assert too_many.status_code == 422 and "limit is 50" in too_many.json()["error"]
+    assert too_many.status_code == 422 and "limit is 50" in too_many.json()["error"]["message"]
     assert api.post("/v1/batches", json={"jobs": []}).status_code == 422
     assert counts(pg_db) == (0, 0)
 
@@ -161,8 +156,9 @@ def test_not_found_and_conflicts(api: TestClient) -> None:
 
 
 def test_models_health_and_openapi(api: TestClient) -> None:
-    names = [m["name"] for m in api.get("/v1/models").json()]
-    assert names == ["smollm2-135m", "gemma-3-270m"]
+    listed = api.get("/v1/models").json()
+    assert listed["object"] == "list" and [m["id"] for m in listed["data"]] == ["auto", "smollm2-135m", "gemma-3-270m"]
+    assert {m["object"] for m in listed["data"]} == {"model"}
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/readyz").json() == {"status": "ready"}
     assert "/v1/jobs" in api.get("/openapi.json").json()["paths"]
@@ -172,7 +168,7 @@ def test_feedback_labels_a_succeeded_job(api: TestClient, pg_db: Database) -> No
     job = api.post("/v1/jobs", json={"prompt": "2+2?", "reference": "4", "grader": "numeric"}).json()
     assert (job["reference"], job["grader"], job["score"]) == ("4", "numeric", None)
     early = api.post(f"/v1/jobs/{job['id']}/feedback", json={"score": 1.0})
-    assert early.status_code == 409 and "succeeded" in early.json()["error"]
+    assert early.status_code == 409 and "succeeded" in early.json()["error"]["message"]
     with pg_db.session() as session:
         session.execute(update(Job).where(Job.id == job["id"]).values(status=JobStatus.SUCCEEDED))
     scored = api.post(f"/v1/jobs/{job['id']}/feedback", json={"score": 0.25})
@@ -204,7 +200,7 @@ def test_max_pending_sets_expires_at(api: TestClient, pg_db: Database, fleet: Fl
     assert [pending_for(job) for job in jobs] == [120, 30.5]
 
     settings = make_settings(pg_db.url, max_pending_s=300)
-    with TestClient(create_app(settings, pg_db, fleet)) as other:
+    with TestClient(create_app(settings, pg_db, fleet), headers=api.headers) as other:
         assert pending_for(other.post("/v1/jobs", json={"prompt": "g"}).json()) == 300
         batched = other.post("/v1/batches", json={"jobs": [{"prompt": "h"}]}).json()
         assert pending_for(other.get(f"/v1/jobs/{batched['job_ids'][0]}").json()) == 300
@@ -215,7 +211,7 @@ def test_max_pending_is_part_of_the_idempotent_request(api: TestClient, pg_db: D
     again = api.post("/v1/jobs", json={"prompt": "once", "max_pending_s": 60, "idempotency_key": "k"})
     assert (first.status_code, again.status_code) == (201, 200)
     other = api.post("/v1/jobs", json={"prompt": "once", "max_pending_s": 61, "idempotency_key": "k"})
-    assert other.status_code == 409 and "different request" in other.json()["error"]
+    assert other.status_code == 409 and "different request" in other.json()["error"]["message"]
     batch = {"idempotency_key": "b", "max_pending_s": 60, "jobs": [{"prompt": "a"}]}
     assert api.post("/v1/batches", json=batch).status_code == 201
     assert api.post("/v1/batches", json=batch | {"max_pending_s": 90}).status_code == 409

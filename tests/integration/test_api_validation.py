@@ -21,23 +21,22 @@ from scheduler.fleet import Fleet
 from scheduler.jobspec import MAX_METADATA_DEPTH
 from scheduler.storage import Database, JobStatus, JobStore
 from scheduler.storage.tables import Batch, Job
-from tests.conftest import make_settings
+from tests.conftest import bearer, create_api_key, make_settings
 
-TENANT = {"X-Switchyard-Owner": "tenant-a"}
-JSON = {"content-type": "application/json"} | TENANT
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture
 def api(pg_db: Database, fleet: Fleet) -> Iterator[TestClient]:
     settings = make_settings(pg_db.url, max_body_bytes=64 * 1024, max_jobs_per_request=50, max_tokens_limit=1024)
-    with TestClient(create_app(settings, pg_db, fleet)) as client:
+    with TestClient(create_app(settings, pg_db, fleet), headers=bearer(create_api_key(pg_db, "tenant-a"))) as client:
         yield client
 
 
 @pytest.fixture
 def existing_job(api: TestClient) -> str:
     """One good job of the tenant, so 'listing still works' lists something."""
-    response = api.post("/v1/jobs", json={"prompt": "fine"}, headers=TENANT)
+    response = api.post("/v1/jobs", json={"prompt": "fine"})
     assert response.status_code == 201
     return str(response.json()["id"])
 
@@ -58,7 +57,7 @@ def assert_error(response: httpx.Response, status: int, words: str) -> dict[str,
     assert response.status_code == status, response.text
     body = response.json()
     assert isinstance(body, dict) and set(body) <= {"error", "detail"}, body
-    assert isinstance(body["error"], str) and words in body["error"], body["error"]
+    assert isinstance(body["error"]["message"], str) and words in body["error"]["message"], body["error"]
     assert isinstance(body.get("detail", []), list)
     return body
 
@@ -66,10 +65,10 @@ def assert_error(response: httpx.Response, status: int, words: str) -> dict[str,
 def assert_untouched(api: TestClient, db: Database, job_id: str, batches: int = 0) -> None:
     """Nothing was written and the tenant's jobs still list (and read back)."""
     assert counts(db) == (1, batches)
-    listed = api.get("/v1/jobs", headers=TENANT)
+    listed = api.get("/v1/jobs")
     assert listed.status_code == 200, listed.text
     assert [j["id"] for j in listed.json()["jobs"]] == [job_id]
-    assert api.get(f"/v1/jobs/{job_id}", headers=TENANT).status_code == 200
+    assert api.get(f"/v1/jobs/{job_id}").status_code == 200
 
 
 def nested(depth: int) -> dict[str, Any]:
@@ -170,7 +169,7 @@ def cursor_of(text: str) -> str:
     cursor_of("yesterday|3f1c"), "!!!",
 ], ids=["naive time", "out of range", "NUL id", "not a time", "not base64"])
 def test_a_bad_cursor_is_a_422(api: TestClient, pg_db: Database, existing_job: str, cursor: str) -> None:
-    response = api.get("/v1/jobs", params={"cursor": cursor}, headers=TENANT)
+    response = api.get("/v1/jobs", params={"cursor": cursor})
     assert_error(response, 422, "malformed cursor; pass back the next_cursor")
     assert_untouched(api, pg_db, existing_job)
 
@@ -184,7 +183,7 @@ def test_a_bad_cursor_is_a_422(api: TestClient, pg_db: Database, existing_job: s
 ], ids=["job id", "cancel id", "batch id", "batch_id filter", "model filter"])
 def test_unstorable_path_and_query_text_is_a_422(api: TestClient, pg_db: Database, existing_job: str, method: str,
                                                  path: str, params: dict[str, str] | None, words: str) -> None:
-    assert_error(api.request(method, path, params=params, headers=TENANT), 422, words)
+    assert_error(api.request(method, path, params=params), 422, words)
     assert_untouched(api, pg_db, existing_job)
 
 
@@ -224,10 +223,10 @@ def test_an_unexpected_error_is_a_500_in_the_one_shape(pg_db: Database, fleet: F
 
     monkeypatch.setattr(JobStore, "list_jobs", broken)
     app = create_app(make_settings(pg_db.url), pg_db, fleet)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, headers=bearer(create_api_key(pg_db))) as client:
         response = client.get("/v1/jobs")
     body = assert_error(response, 500, "internal error (RuntimeError)")
-    assert "boom" not in body["error"]
+    assert "boom" not in body["error"]["message"]
 
 
 @pytest.mark.parametrize("score", [False, True, "1", None, 2, -0.1, float("nan"), float("inf"), [1]],
@@ -237,7 +236,7 @@ def test_feedback_takes_only_a_number_in_0_1(api: TestClient, pg_db: Database, e
     _succeed(pg_db, existing_job)
     response = send(api, f"/v1/jobs/{existing_job}/feedback", {"score": score})
     assert_error(response, 422, "score: ")
-    assert api.get(f"/v1/jobs/{existing_job}", headers=TENANT).json()["score"] is None
+    assert api.get(f"/v1/jobs/{existing_job}").json()["score"] is None
     assert_untouched(api, pg_db, existing_job)
 
 
@@ -259,7 +258,8 @@ def test_openapi_states_the_error_shape_and_the_one_of_prompt_rule(api: TestClie
     job_spec = schema["components"]["schemas"]["JobSpec"]
     assert [branch["required"] for branch in job_spec["oneOf"]] == [["prompt"], ["messages"]]
     assert "max_pending_s" in job_spec["properties"]
-    assert "max_pending_s" in schema["components"]["schemas"]["BatchSpec"]["properties"]
+    batch_create = schema["components"]["schemas"]["BatchCreateRequest"]["properties"]
+    assert {"max_pending_s", "jobs", "input_file_id"} <= set(batch_create)
     assert {"expires_at", "notes"} <= set(schema["components"]["schemas"]["JobOut"]["properties"])
     submit = schema["paths"]["/v1/jobs"]["post"]["responses"]
     for status in ("400", "415", "422"):

@@ -18,12 +18,11 @@ from celery import Celery
 
 from scheduler.broker_audit import BrokerAuditFailed, find_lost_dispatches
 from scheduler.dispatch import CeleryDispatcher
-from scheduler.storage.window import Dispatch
+from scheduler.plan import Dispatch
 from tests.conftest import make_settings
-from workers.celery_app import make_celery
-from workers.contract import TASK_NAME, queue_name, task_kwargs
+from scheduler.queues import make_celery
+from scheduler.queues import TASK_NAME, queue_name, task_kwargs
 
-pytestmark = pytest.mark.integration
 SMOL, GEMMA = "smollm2-135m", "gemma-3-270m"
 
 

@@ -1,4 +1,5 @@
-"""The CLI against a real API (uvicorn in a thread) on a real Postgres."""
+"""The CLI against a real API (uvicorn in a thread) on a real Postgres, and the operator's key and
+tenant commands on that database."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from scheduler.api.app import create_app
 from scheduler.cli import app as cli
 from scheduler.fleet import Fleet
 from scheduler.storage import Database
-from tests.conftest import free_port, make_settings
+from tests.conftest import create_api_key, free_port, make_settings
 
 
 @pytest.fixture
@@ -33,10 +34,13 @@ def api_url(pg_db: Database, fleet: Fleet) -> Iterator[str]:
 
 
 @pytest.fixture
-def run(api_url: str, pg_db: Database, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def run(api_url: str, pg_db: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The CLI as a user with a key of tenant "default" runs it (in an empty folder: no local key file)."""
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SWITCHYARD_API_URL", api_url)
     monkeypatch.setenv("SWITCHYARD_DATABASE_URL", pg_db.url)
     monkeypatch.setenv("SWITCHYARD_BROKER_URL", "memory://")
+    monkeypatch.setenv("SWITCHYARD_API_KEY", create_api_key(pg_db, "default"))
     runner = CliRunner()
 
     def invoke(*args: str):  # type: ignore[no-untyped-def]
@@ -94,3 +98,58 @@ def test_unreachable_api_says_how_to_fix_it(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("SWITCHYARD_API_URL", f"http://127.0.0.1:{free_port()}")
     result = CliRunner().invoke(cli, ["status", "x"])
     assert result.exit_code == 1 and "cannot reach the API" in result.output
+
+
+def test_keys_create_list_revoke(run, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    created = run("keys", "create", "--tenant", "acme", "--name", "ci")
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip()
+    assert key.startswith("sy-") and len(key) > 40
+    assert "shown only now" in created.stderr
+    admin = run("keys", "create", "--tenant", "ops", "--admin")
+    assert admin.exit_code == 0, admin.output
+
+    listed = [json.loads(line) for line in run("keys", "list", "--json").stdout.splitlines()]
+    mine = next(row for row in listed if row["tenant"] == "acme")
+    assert (mine["admin"], mine["name"], mine["prefix"], mine["revoked"]) == (False, "ci", key[:10], None)
+    assert [row["admin"] for row in listed if row["tenant"] == "ops"] == [True]
+    assert key not in run("keys", "list").stdout  # the table never shows a key
+
+    # The new key works against the API, and its jobs belong to its tenant.
+    monkeypatch.setenv("SWITCHYARD_API_KEY", key)
+    job_id = run("submit", "hello").stdout.strip()
+    assert json.loads(run("status", job_id).stdout)["owner"] == "acme"
+    used = next(json.loads(line) for line in run("keys", "list", "--json").stdout.splitlines() if key[:10] in line)
+    assert used["last_used"] is not None
+
+    revoked = run("keys", "revoke", mine["id"])
+    assert revoked.exit_code == 0 and "revoked key" in revoked.stdout
+    refused = run("status", job_id)
+    assert refused.exit_code == 1 and "this API key was revoked" in refused.output
+    assert "SWITCHYARD_API_KEY" in refused.output and "Traceback" not in refused.output
+    assert run("keys", "revoke", "no-such-id").exit_code == 1
+
+
+def test_tenants_set_and_list(run) -> None:  # type: ignore[no-untyped-def]
+    result = run("tenants", "set", "acme", "--weight", "2", "--max-spend-usd", "5", "--max-pending-jobs", "100",
+                 "--requests-per-minute", "600")
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in map(json.loads, run("tenants", "list", "--json").stdout.splitlines())}
+    assert {k: rows["acme"][k] for k in ("weight", "max_spend_usd", "max_pending_jobs", "requests_per_minute")} == \
+        {"weight": 2.0, "max_spend_usd": 5.0, "max_pending_jobs": 100, "requests_per_minute": 600}
+    # A limit not given keeps its value; 'none' lifts one.
+    assert run("tenants", "set", "acme", "--max-pending-jobs", "none").exit_code == 0
+    acme = next(json.loads(line) for line in run("tenants", "list", "--json").stdout.splitlines() if "acme" in line)
+    assert (acme["max_pending_jobs"], acme["max_spend_usd"], acme["weight"]) == (None, 5.0, 2.0)
+    for bad in (["--max-spend-usd", "lots"], ["--max-pending-jobs", "-1"], ["--requests-per-minute", "0"],
+                ["--max-spend-usd", "nan"], ["--weight", "0"]):
+        refused = run("tenants", "set", "acme", *bad)
+        assert refused.exit_code != 0 and "Traceback" not in refused.output, (bad, refused.output)
+    assert run("keys", "create", "--tenant", "no spaces please").exit_code == 1
+
+
+def test_a_client_command_without_a_key_says_how_to_get_one(run, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("SWITCHYARD_API_KEY")
+    result = run("status", "x")
+    assert result.exit_code == 1 and "missing API key" in result.output
+    assert "SWITCHYARD_API_KEY" in result.output and ".switchyard/api-key" in result.output

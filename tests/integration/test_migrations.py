@@ -5,14 +5,14 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from scheduler.storage.migrate import alembic_config, upgrade_database
 from scheduler.storage.tables import Base
 from tests.conftest import create_postgres_database, drop_postgres_database
 
-EXPECTED_TABLES = {"alembic_version", "batches", "decisions", "jobs", "leadership", "models", "ticks",
-                   "worker_heartbeats"}
+EXPECTED_TABLES = {"alembic_version", "api_keys", "batches", "decisions", "files", "jobs", "leadership", "models",
+                   "tenants", "ticks", "worker_heartbeats"}
 
 
 def _differences(url: str) -> list[object]:
@@ -56,3 +56,23 @@ def test_downgrade_to_base_and_upgrade_again(empty_database_url: str) -> None:
     assert _tables(empty_database_url) == {"alembic_version"}
     upgrade_database(empty_database_url)
     assert _differences(empty_database_url) == []
+
+
+def test_batches_that_had_ended_before_0004_are_completed(empty_database_url: str) -> None:
+    upgrade_database(empty_database_url, "0003")
+    engine = create_engine(empty_database_url)
+    try:
+        with engine.begin() as conn:
+            for batch, status in (("done", "succeeded"), ("running", "pending")):
+                conn.execute(text("INSERT INTO batches (id, owner, num_jobs, request_hash, created_at) "
+                                  "VALUES (:id, 't', 1, 'x', CURRENT_TIMESTAMP)"), {"id": batch})
+                conn.execute(text("INSERT INTO jobs (id, batch_id, owner, status, prompt, max_tokens, temperature, "
+                                  "request_hash, attempts, created_at, updated_at) VALUES (:id, :batch, 't', :status, "
+                                  "'p', 8, 0, 'x', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
+                             {"id": f"job-{batch}", "batch": batch, "status": status})
+        upgrade_database(empty_database_url)
+        with engine.connect() as conn:
+            statuses = dict(conn.execute(text("SELECT id, status FROM batches")).all())
+    finally:
+        engine.dispose()
+    assert statuses == {"done": "completed", "running": "in_progress"}

@@ -19,7 +19,7 @@ from scheduler.storage.tables import Decision, Job
 from scheduler.tick import TickReport
 from tests.conftest import make_settings
 from tests.integration.tickkit import published_job_ids, register_workers, submit
-from workers.celery_app import make_celery
+from scheduler.queues import make_celery
 
 
 def make_scheduler(db: Database, fleet: Fleet, broker_url: str, **overrides: object) -> Scheduler:

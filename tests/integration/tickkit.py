@@ -10,7 +10,7 @@ import redis
 from scheduler.fleet import Fleet
 from scheduler.jobspec import JobSpec
 from scheduler.storage import Beat, Database, HeartbeatStore, JobStore
-from workers.contract import queue_name
+from scheduler.queues import queue_name
 
 
 def submit(db: Database, count: int, now: dt.datetime, **fields: object) -> list[str]:

@@ -28,3 +28,10 @@ def test_compose_has_every_service_and_flower_auth() -> None:
 def test_workers_send_events_for_flower() -> None:
     argv = worker_argv("smollm2-135m", concurrency=1, loglevel="INFO")
     assert "-E" in argv and argv[argv.index("-Q") + 1] == "model.smollm2-135m"
+
+
+def test_compose_and_readme_say_how_to_make_the_first_key() -> None:
+    """Every /v1 request needs a key, so a fresh deployment must say how the first one is made."""
+    command = "switchyard keys create --tenant ops --admin"
+    assert command in (ROOT / "docker-compose.yml").read_text()
+    assert command in (ROOT / "README.md").read_text()

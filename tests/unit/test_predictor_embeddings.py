@@ -17,7 +17,8 @@ import pytest
 from scheduler.predictor import embeddings as emb
 from scheduler.predictor import load_predictor, make_predictor
 from scheduler.predictor.calibrated import CalibratedPredictor
-from scheduler.predictor.features import TextFeaturizer, make_featurizer
+from scheduler.predictor.features import TextFeaturizer
+from scheduler.predictor.featurizers import make_featurizer
 
 needs_extra = pytest.mark.skipif(not emb.embeddings_available(), reason="the embeddings extra is not installed")
 

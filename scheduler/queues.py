@@ -1,17 +1,33 @@
-"""The Celery app, built from settings (never at import time)."""
+"""The message contract between the tick (publisher) and the workers (consumers).
+
+Both planes import it from here, so the scheduler never imports the workers' package. One Celery
+task per (model, micro-batch), published to the queue ``model.<name>`` only after the plan that
+created it is committed, with the dispatch id as its task id. The message carries ids only:
+Postgres holds the jobs.
+
+Delivery is at-least-once (acks_late, reject on worker lost, prefetch 1) and Postgres makes it
+exactly-once in effect: a worker writes a result only through a guarded transition.
+"""
 from __future__ import annotations
 
 from celery import Celery
 
 from scheduler.settings import Settings
 
+TASK_NAME = "switchyard.run_batch"
+
+
+def queue_name(model: str) -> str:
+    """The Celery queue a model's workers consume."""
+    return f"model.{model}"
+
+
+def task_kwargs(dispatch_id: str, model: str, job_ids: list[str]) -> dict[str, object]:
+    return {"dispatch_id": dispatch_id, "model": model, "job_ids": job_ids}
+
 
 def make_celery(settings: Settings) -> Celery:
-    """A Celery app for the dispatcher (publishing) and the workers (consuming).
-
-    Delivery is at-least-once (acks_late, reject on worker lost, prefetch 1) and Postgres makes
-    it exactly-once in effect: a worker writes a result only through a guarded transition.
-    """
+    """The Celery app of both sides: the dispatcher publishes with it, the workers consume."""
     app = Celery("switchyard", broker=settings.broker_url, set_as_current=False)
     app.conf.update(
         task_acks_late=True,
