@@ -1,11 +1,12 @@
 """How the vLLM backend turns a micro-batch into one engine call, against a test double.
 
-``FakeVllmEngine`` stands in for ``vllm.LLM`` (a GPU engine this machine cannot run): it has the
-two methods the backend uses, records every ``generate`` call, and answers with objects shaped
-like vLLM's ``RequestOutput``. ``FakeTokenizer`` stands in for the model's Hugging Face tokenizer
-(one token per character, so counts are easy to check) and ``FakeSamplingParams`` for
-``vllm.SamplingParams``. The real engine runs in tests/integration/test_vllm_backend.py wherever
-vLLM is installed.
+``FakeVllmEngine`` stands in for ``vllm.LLM``: it has the two methods the backend uses, records
+every ``generate`` call, and answers with objects shaped like vLLM's ``RequestOutput``; like vLLM,
+it keeps the requests of a call that was interrupted and answers them with the next call's.
+``FakeTokenizer`` stands in for the model's Hugging Face tokenizer (one token per character, so
+counts are easy to check) and ``FakeSamplingParams`` for ``vllm.SamplingParams`` (which validates
+its arguments when made). The real engine runs in tests/integration/test_vllm_backend.py, which
+`make test` runs in .venv-vllm against vLLM's CPU build.
 """
 from __future__ import annotations
 
@@ -53,7 +54,13 @@ class FakeSamplingParams:
     kwargs: dict[str, Any]
 
 
+class FakeValidationError(Exception):
+    """Like vLLM 0.32's VLLMValidationError: how it refuses a request, and not a ValueError."""
+
+
 def fake_sampling_params(**kwargs: Any) -> FakeSamplingParams:
+    if kwargs["temperature"] < 0:  # vLLM validates when the object is made
+        raise FakeValidationError(f"temperature must be non-negative, got {kwargs['temperature']}.")
     return FakeSamplingParams(kwargs)
 
 
@@ -80,21 +87,35 @@ class FakeVllmEngine:
     finish_reasons: dict[int, str | None] = field(default_factory=dict)   # prompt length -> reason
     calls: list[tuple[list[dict[str, list[int]]], list[FakeSamplingParams]]] = field(default_factory=list)
     drop_one_output: bool = False
-    failure: Exception | None = None       # raised by every generate call (a crash, a timeout)
+    failure: Exception | None = None       # raised by every generate call (a crash)
+    interrupt: Exception | None = None     # raised once, after the requests were added (a job timeout)
+    refusal: type[Exception] = ValueError  # what a batch holding POISON raises
+    # Requests added by an interrupted call: still in the engine, answered by the next call.
+    unfinished: list[tuple[dict[str, list[int]], FakeSamplingParams]] = field(default_factory=list)
 
     def get_tokenizer(self) -> FakeTokenizer:
         return self.tokenizer
 
+    def abort_unfinished(self) -> int:
+        aborted, self.unfinished = len(self.unfinished), []
+        return aborted
+
     def generate(self, prompts: list[dict[str, list[int]]], sampling_params: list[FakeSamplingParams], *,
                  use_tqdm: bool) -> list[FakeRequestOutput]:
         assert use_tqdm is False
+        assert all(isinstance(p, FakeSamplingParams) for p in sampling_params)
         self.calls.append((prompts, sampling_params))
         if self.failure is not None:
             raise self.failure
         if any("".join(chr(t) for t in p["prompt_token_ids"] if t > BOS).find(POISON) >= 0 for p in prompts):
-            raise ValueError("invalid request in batch")
+            raise self.refusal("invalid request in batch")  # vLLM adds none of the batch's requests then
+        self.unfinished += zip(prompts, sampling_params, strict=True)
+        if self.interrupt is not None:
+            interrupt, self.interrupt = self.interrupt, None
+            raise interrupt
+        requests, self.unfinished = self.unfinished, []
         outputs = []
-        for prompt, params in zip(prompts, sampling_params, strict=True):
+        for prompt, params in requests:
             ids = prompt["prompt_token_ids"]
             reason = self.finish_reasons.get(len(ids), "length")
             count = params.kwargs["max_tokens"] if reason == "length" else 1
@@ -107,8 +128,17 @@ def spec(prompt_format: PromptFormat = PromptFormat.CHAT, system_prompt: str | N
                      system_prompt=system_prompt, usd_per_second=0.001, n_ctx=512)
 
 
+class DiscardingBackend(VllmBatchBackend):
+    """Aborts what an interrupted call left in the engine, as VllmBackend does with vLLM's."""
+
+    def _discard_unfinished(self) -> int:
+        assert isinstance(self._engine, FakeVllmEngine)
+        return self._engine.abort_unfinished()
+
+
 def backend_with(engine: FakeVllmEngine, **kw: Any) -> VllmBatchBackend:
-    return VllmBatchBackend(kw.pop("model", spec()), engine, fake_sampling_params, max_model_len=512, **kw)
+    backend_class = kw.pop("backend_class", DiscardingBackend)
+    return backend_class(kw.pop("model", spec()), engine, fake_sampling_params, max_model_len=512, **kw)
 
 
 def ask(prompt: str, **kw: Any) -> GenerationRequest:
@@ -180,6 +210,41 @@ def test_when_the_engine_rejects_the_batch_each_request_is_retried_alone() -> No
     assert isinstance(results[0], GenerationResult) and isinstance(results[2], GenerationResult)
     assert isinstance(results[1], BackendError) and "invalid request in batch" in str(results[1])
     assert [len(prompts) for prompts, _ in engine.calls] == [3, 1, 1, 1]
+
+
+def test_a_refusal_of_a_type_the_backend_is_told_about_is_also_retried_alone() -> None:
+    engine = FakeVllmEngine(refusal=FakeValidationError)
+    results = backend_with(engine, refusals=(FakeValidationError,)).generate_batch(
+        [ask("fine", max_tokens=2), ask(POISON, max_tokens=2)])
+    assert isinstance(results[0], GenerationResult)
+    assert isinstance(results[1], PermanentJobError) and "refused" in str(results[1])
+    assert [len(prompts) for prompts, _ in engine.calls] == [2, 1, 1]
+
+
+def test_sampling_settings_the_engine_rejects_fail_only_their_job() -> None:
+    engine = FakeVllmEngine()
+    results = backend_with(engine).generate_batch([ask("cold", max_tokens=2), ask("hot", max_tokens=2, temperature=-1)])
+    assert isinstance(results[0], GenerationResult)
+    assert isinstance(results[1], PermanentJobError) and "temperature must be non-negative" in str(results[1])
+    assert len(engine.calls) == 1 and len(engine.calls[0][0]) == 1
+
+
+def test_requests_of_an_interrupted_call_are_aborted_not_answered_with_the_next_batch() -> None:
+    engine = FakeVllmEngine(interrupt=BackendError("2 job(s) on gpu-model ran past its timeout of 300s"))
+    backend = backend_with(engine)
+    timed_out = backend.generate_batch([ask("slow one", max_tokens=2), ask("slow two", max_tokens=2)])
+    assert all(isinstance(r, BackendError) and "timeout" in str(r) for r in timed_out)
+    assert engine.unfinished == [], "aborted as soon as the call was interrupted"
+    results = backend.generate_batch([ask("next", max_tokens=3)])
+    assert isinstance(results[0], GenerationResult) and results[0].output_tokens == 3
+
+
+def test_without_aborting_them_the_next_batch_fails_rather_than_take_another_jobs_answer() -> None:
+    engine = FakeVllmEngine(interrupt=BackendError("timeout"))
+    backend = backend_with(engine, backend_class=VllmBatchBackend)  # no engine to abort in
+    backend.generate_batch([ask("slow one", max_tokens=2)])
+    results = backend.generate_batch([ask("next", max_tokens=3)])
+    assert isinstance(results[0], BackendError) and "2 outputs for 1 prompts" in str(results[0])
 
 
 @pytest.mark.parametrize("failure", [RuntimeError("CUDA error: an illegal memory access"),

@@ -1,8 +1,8 @@
 """A micro-batch as ONE call to vLLM's offline engine: prompts and sampling params in, results out.
 
-This module never imports vLLM: the engine (``vllm.LLM``) and the ``SamplingParams`` class are
-handed in by ``workers.backends.vllm``, so the mapping and batching logic can be read and unit
-tested on a machine without a GPU.
+This module never imports vLLM: the engine (``vllm.LLM``), the ``SamplingParams`` class and the
+exceptions with which vLLM refuses a request are handed in by ``workers.backends.vllm``, so the
+mapping and batching logic can be read and unit tested on a machine without vLLM.
 
 Prompts are tokenized here, not by the engine: chat models through the tokenizer's chat template
 (which already holds BOS, so the engine must not add another), base models from the same
@@ -51,10 +51,18 @@ class Prepared:
     index: int                      # position in the micro-batch
     token_ids: list[int]
     sampling: dict[str, Any]        # keyword arguments of vllm.SamplingParams
+    params: Any                     # vllm.SamplingParams(**sampling), built (and validated) per job
 
 
-class EngineRefused(BackendError):
-    """The engine refused the batch before generating (one request it would not take)."""
+class EngineRefused(PermanentJobError):
+    """The engine refused a request before generating: vLLM validates what it is given, and the
+    same request would be refused again."""
+
+
+# How vLLM refuses a request it will not take, when the caller does not say: older releases raise
+# ValueError or TypeError; 0.32 raises VLLMValidationError, which is neither (workers.backends.vllm
+# passes it in).
+DEFAULT_REFUSALS: tuple[type[BaseException], ...] = (ValueError, TypeError)
 
 
 class VllmBatchBackend(Backend):
@@ -64,12 +72,14 @@ class VllmBatchBackend(Backend):
     batches_natively = True
 
     def __init__(self, spec: ModelSpec, engine: Engine, sampling_params: Callable[..., Any], *,
-                 max_model_len: int, seed: int = DEFAULT_SEED) -> None:
+                 max_model_len: int, seed: int = DEFAULT_SEED,
+                 refusals: tuple[type[BaseException], ...] = DEFAULT_REFUSALS) -> None:
         self.spec = spec
         self.max_model_len = max_model_len
         self.seed = seed
         self._engine: Engine | None = engine
         self._sampling_params = sampling_params
+        self._refusals = refusals
         self._lock = threading.Lock()
         self._tokenizer: Tokenizer = engine.get_tokenizer()
         if spec.prompt_format is PromptFormat.CHAT and not getattr(self._tokenizer, "chat_template", None):
@@ -129,7 +139,14 @@ class VllmBatchBackend(Backend):
             )
         sampling = {"n": 1, "max_tokens": request.max_tokens, "temperature": request.temperature,
                     "stop": stop, "seed": self.seed}
-        return Prepared(index, token_ids, sampling)
+        try:
+            # vLLM validates sampling settings here, when the object is made: a bad one must fail
+            # its own job, not the engine call of the whole batch.
+            params = self._sampling_params(**sampling)
+        except Exception as exc:  # noqa: BLE001 - VLLMValidationError, ValueError: the job's settings
+            raise PermanentJobError(
+                f"job {request.job_id}: {self.spec.name!r} refuses its sampling settings: {exc}") from exc
+        return Prepared(index, token_ids, sampling, params)
 
     def _run(self, ready: list[Prepared]) -> list[GenerationResult | Exception]:
         try:
@@ -151,19 +168,32 @@ class VllmBatchBackend(Backend):
                 outcomes.append(exc)
         return outcomes
 
+    def _discard_unfinished(self) -> int:
+        """Abort the requests an interrupted ``generate`` call left in the engine; how many.
+
+        ``LLM.generate`` adds the batch's requests, then steps the engine until none is left
+        unfinished, and returns every request that finished meanwhile. When the worker's job
+        timeout interrupts it, the engine (in a process of its own) goes on with the requests, and
+        the next call would first wait for them and then return their answers with its own. The
+        base class has no engine to ask; ``VllmBackend`` asks vLLM's."""
+        return 0
+
     def _generate(self, ready: list[Prepared]) -> list[GenerationResult | Exception]:
         if self._engine is None:
             raise BackendError(f"model {self.spec.name!r}: the backend is closed")
+        self._discard_unfinished()  # left by a call interrupted outside the handler below
         prompts = [{"prompt_token_ids": p.token_ids} for p in ready]
-        params = [self._sampling_params(**p.sampling) for p in ready]
+        params = [p.params for p in ready]
         started = time.perf_counter()
         try:
             outputs = self._engine.generate(prompts, params, use_tqdm=False)
-        except BackendError:
-            raise  # the runner's job timeout, raised inside the engine's loop
-        except (ValueError, TypeError) as exc:  # how vLLM rejects a request it will not take
-            raise EngineRefused(f"vLLM refused a request on {self.spec.name!r}: {exc}") from exc
-        except Exception as exc:  # the engine's own failures, translated at the boundary
+        except BaseException as exc:
+            self._discard_unfinished()  # at once: the engine must not go on with abandoned requests
+            if isinstance(exc, BackendError) or not isinstance(exc, Exception):
+                raise  # the runner's job timeout, raised inside the engine's loop; KeyboardInterrupt
+            if isinstance(exc, self._refusals):
+                raise EngineRefused(f"vLLM refused a request on {self.spec.name!r}: {exc}") from exc
+            # the engine's own failures, translated at the boundary
             raise BackendError(f"vLLM failed on {self.spec.name!r}: {type(exc).__name__}: {exc}") from exc
         # Every job of the batch waited for the whole call.
         latency_s = time.perf_counter() - started
