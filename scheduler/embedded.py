@@ -99,7 +99,9 @@ class EmbeddedStack:
         self.spawn("scheduler", ["scheduler"])
         for index, model in enumerate(self.worker_models):
             name = f"worker-{model}" if self.worker_models.count(model) == 1 else f"worker-{model}-{index}"
-            self.spawn(name, ["worker", "--model", model])
+            # One pool process per worker here: the workers' metrics ports follow one another.
+            metrics_port = self.settings.worker_metrics_port + index if self.settings.worker_metrics_port else 0
+            self.spawn(name, ["worker", "--model", model, "--metrics-port", str(metrics_port)])
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
         """Until the API answers and every worker has loaded its model and reported in."""

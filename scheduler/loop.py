@@ -27,6 +27,7 @@ from scheduler.fleet import Fleet, load_fleet
 from scheduler.learning.fleet_predictor import FleetPredictor
 from scheduler.learning.learner import Learner
 from scheduler.lost_messages import BrokerAudit, LostMessageSweep
+from scheduler.metrics import MetricsServer, SchedulerMetrics, new_registry, serve_metrics
 from scheduler.policy import OptimizingPolicy
 from scheduler.settings import Settings
 from scheduler.storage import Database, FleetStore, WindowStore, utcnow
@@ -52,13 +53,14 @@ class Scheduler:
 
     def __init__(self, settings: Settings, db: Database, fleet: Fleet, policy: Policy,
                  dispatcher: Dispatcher | None, learner: Learner | None = None,
-                 broker_audit: BrokerAudit | None = None) -> None:
+                 broker_audit: BrokerAudit | None = None, metrics: SchedulerMetrics | None = None) -> None:
         self.settings = settings
         self.db = db
         self.fleet = fleet
         self.policy = policy
         self.dispatcher = dispatcher
         self.learner = learner
+        self.metrics = metrics
         self.window_store = WindowStore(db)
         self.lost_messages = LostMessageSweep(self.window_store, broker_audit, settings.broker_audit_interval_s)
         self._exploration_rng = np.random.default_rng()   # which jobs explore: fresh draws every tick
@@ -69,21 +71,32 @@ class Scheduler:
     def from_settings(cls, settings: Settings) -> Scheduler:
         from scheduler.broker_audit import find_lost_dispatches
         from scheduler.queues import make_celery
+        from scheduler.storage.monitoring import MonitoringStore
 
         fleet = load_fleet(settings.fleet_file)
         db = Database(settings.database_url)
         app = make_celery(settings)
+        metrics = SchedulerMetrics(new_registry(), fleet.names, MonitoringStore(db),
+                                   quality_window_s=settings.metrics_quality_window_s,
+                                   max_spend_series=settings.metrics_max_spend_series)
         return cls(settings, db, fleet, default_policy(fleet, settings), CeleryDispatcher(app),
-                   Learner(settings, db, fleet), broker_audit=functools.partial(find_lost_dispatches, app))
+                   Learner(settings, db, fleet), broker_audit=functools.partial(find_lost_dispatches, app),
+                   metrics=metrics)
 
     def tick(self, *, dry_run: bool = False, term: LeaderTerm | None = None) -> TickReport:
         if self.learner is not None:
             # The newest fitted predictor, and what the outcomes so far say, plan this window.
+            predictor, feedback = self.learner.predictor(), self.learner.feedback()
             self.policy = OptimizingPolicy(
-                self.fleet, self.learner.predictor(), horizon_s=self.settings.plan_horizon_s,
-                exploration=self.learner.exploration(), feedback=self.learner.feedback(), rng=self._exploration_rng)
+                self.fleet, predictor, horizon_s=self.settings.plan_horizon_s,
+                exploration=self.learner.exploration(), feedback=feedback, rng=self._exploration_rng)
+            if self.metrics is not None:
+                self.metrics.observe_learning(predictor.version, dict(zip(self.fleet.names, feedback.label_counts)),
+                                              feedback.promise_gap)
         report = run_tick(self.window_store, self.policy, self.fleet, self.dispatcher, self.settings, utcnow(),
                           dry_run=dry_run, term=term)
+        if self.metrics is not None and not dry_run:
+            self.metrics.observe_tick(report)
         self._last_window_jobs = max(report.window_jobs, self.settings.window_min_jobs)
         if self.learner is not None and not dry_run:
             self.learner.refit_in_background_if_due(utcnow())
@@ -110,7 +123,7 @@ class Scheduler:
         logged and never costs the leadership this process holds."""
         steps: list[tuple[str, Callable[[], object]]] = [
             ("scoring the next window's jobs", self.prescore),
-            ("checking queued jobs' messages on the broker", lambda: self.lost_messages.run_if_due(utcnow(), term)),
+            ("checking queued jobs' messages on the broker", lambda: self._replan_lost_messages(term)),
             ("pruning old decision history", self._prune_if_due),
             ("moving batches on (expiry, cancels, output files)", lambda: advance_batches(self.db, utcnow())),
         ]
@@ -119,6 +132,11 @@ class Scheduler:
                 step()
             except Exception as exc:  # noqa: BLE001
                 log.warning("%s failed (retried later): %s", what, exc)
+
+    def _replan_lost_messages(self, term: LeaderTerm) -> None:
+        replanned = self.lost_messages.run_if_due(utcnow(), term)
+        if self.metrics is not None:
+            self.metrics.observe_lost_messages(replanned)
 
     def _prune_if_due(self) -> None:
         if time.monotonic() - self._pruned_at < PRUNE_INTERVAL_S:
@@ -133,6 +151,7 @@ class Scheduler:
         leader = LeaderLock(self.db)
         synced = False
         failures = 0
+        server = self._serve_metrics()
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -141,6 +160,7 @@ class Scheduler:
                         FleetStore(self.db).sync(self.fleet, utcnow())
                         synced = True
                     term = leader.try_acquire(utcnow())
+                    self._record_leadership(term)
                     if term is None:
                         log.debug("another scheduler leads; standing by")
                     else:
@@ -156,16 +176,33 @@ class Scheduler:
                 except LostLeadership as exc:
                     log.warning("%s; standing by until leadership is re-taken", exc)
                     leader.release()
+                    self._record_leadership(None)
                 except Exception as exc:  # noqa: BLE001 - the loop outlives any outage or failed tick
                     failures += 1
+                    if self.metrics is not None:
+                        self.metrics.tick_failures.inc()
                     if failures == 1:
                         log.exception("tick failed; retrying with backoff")
                     else:
                         log.warning("tick failed again (%d in a row): %s", failures, exc)
                     leader.release()
+                    self._record_leadership(None)
                 stop.wait(max(0.0, self._retry_delay(failures) - (time.monotonic() - started)))
         finally:
             leader.release()
+            self._record_leadership(None)
+            if server is not None:
+                server.stop()
+
+    def _serve_metrics(self) -> MetricsServer | None:
+        if self.metrics is None or not self.settings.scheduler_metrics_port:
+            return None
+        return serve_metrics(self.metrics.registry, self.settings.metrics_host, self.settings.scheduler_metrics_port,
+                             "the scheduler")
+
+    def _record_leadership(self, term: LeaderTerm | None) -> None:
+        if self.metrics is not None:
+            self.metrics.set_leading(None if term is None else term.epoch)
 
     def _retry_delay(self, failures: int) -> float:
         """The tick interval while all is well; after failures, doubling up to outage_retry_max_s

@@ -58,6 +58,7 @@ class Assignment:
     predicted_cost_usd: float
     reason: str
     exploring: bool = False   # sent to try a little-tried model: no promise, so the promise check skips it
+    late: bool = False        # no model can meet its deadline: sent to the fastest eligible one
 
 
 class Ending(str, enum.Enum):
@@ -84,6 +85,9 @@ class Plan:
     objective_usd: float = 0.0
     lower_bound_usd: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    solver: str = ""            # the optimizer method that solved the window ("exact", "fast"); "" when none ran
+    solver_status: str = ""     # its SolveStatus value: optimal, feasible or relaxed
+    solve_s: float = 0.0        # seconds the optimizer took
 
     def by_model(self) -> dict[str, list[Assignment]]:
         grouped: dict[str, list[Assignment]] = defaultdict(list)

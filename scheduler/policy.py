@@ -39,6 +39,10 @@ TENANT_BUDGET_REASON = ("waiting: its tenant's max_spend_usd leaves too little f
                         "planned")
 FAIR_SHARE_REASON = ("waiting: free capacity is shared by weight among the tenants with waiting jobs, and this "
                      "tenant's share is taken by its more urgent jobs this tick")
+NO_LIVE_WORKER_REASON = "waiting: no live worker hosts any model it may use"
+MIN_QUALITY_REASON = "waiting: min_quality is above every available model's predicted success"
+MAX_COST_REASON = ("waiting: max_cost_usd, or what is left of its batch's or tenant's spend cap, is below every "
+                   "suitable model's cost")
 NEVER_PREFIX = "no model can ever serve this job:"
 
 
@@ -133,7 +137,7 @@ class OptimizingPolicy:
             elif j >= 0:
                 assignments.append(Assignment(
                     job.id, names[j], reasons.p[i][j], reasons.cost[i][j], reasons(i, j, job),
-                    exploring=reasons.pinned[i] == j))
+                    exploring=reasons.pinned[i] == j, late=late_list[i]))
             elif solved_list[i] >= 0:
                 deferrals.append(Deferral(job.id, over_budget[i] or BATCH_BUDGET_REASON))
             elif eligibility.blocked_by[i] is not None:
@@ -142,6 +146,7 @@ class OptimizingPolicy:
                 deferrals.append(Deferral(job.id, CAPACITY_REASON if inside_share[i] else FAIR_SHARE_REASON))
         return Plan(tick_id, now, self.name, tuple(assignments), tuple(deferrals),
                     objective_usd=solution.objective_usd, lower_bound_usd=solution.lower_bound_usd,
+                    solver=method, solver_status=solution.status.value, solve_s=solution.solve_time_s,
                     notes=(f"solver {solution.solver} {solution.status.value} in {solution.solve_time_s * 1e3:.1f} ms",
                            "capacity " + ", ".join(f"{m.name}={int(c)}" for m, c in zip(self.fleet.models, capacity,
                                                                                        strict=True)),
@@ -208,11 +213,10 @@ def _eligibility(jobs: Sequence[WindowJob], fleet: Fleet, hosted: np.ndarray, ca
         mask[i, int(np.argmin(finish))] = True
     never = _never_servable(jobs, names, allowed, est)
     steps = [(allowed, "none of its allowed_models is in the fleet"),
-             (live, "waiting: no live worker hosts any model it may use"),
+             (live, NO_LIVE_WORKER_REASON),
              (serving, CAPACITY_REASON),
-             (good_enough, "waiting: min_quality is above every available model's predicted success"),
-             (affordable, "waiting: max_cost_usd, or what is left of its batch's or tenant's spend cap, is below every "
-                          "suitable model's cost")]
+             (good_enough, MIN_QUALITY_REASON),
+             (affordable, MAX_COST_REASON)]
     blocked_by: list[str | None] = [None] * n
     for i in np.flatnonzero(~mask.any(axis=1)):
         blocked_by[i] = next(text for step, text in steps if not step[i].any())

@@ -135,6 +135,25 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Hold alpha to realised outcomes: add the promised-vs-realised gap of this many "
                                      "recent labels to alpha (0 = off: alpha bounds the mean predicted success)."
     )
+    scheduler_metrics_port: int = Field(
+        default=0, ge=0, le=65_535,
+        description="Port of the scheduler's Prometheus /metrics (0 = not served).")
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65_535,
+        description="First port of the workers' Prometheus /metrics: each worker pool process serves its own, at "
+        "this port plus its pool index (0..concurrency-1); `switchyard worker --metrics-port` overrides it "
+        "(0 = not served).")
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Interface the scheduler's and workers' /metrics servers bind (0.0.0.0 in containers). The "
+        "API serves /metrics on its own port.")
+    metrics_max_spend_series: int = Field(
+        default=50, ge=0, le=10_000,
+        description="Most tenants with a max_spend_usd, and most open batches with a max_cost_usd (newest "
+        "first), whose spend the scheduler exports (bounds the series and the query behind them).")
+    metrics_quality_window_s: float = Field(
+        default=3600.0, gt=0, le=30 * 86_400,
+        description="The scheduler's promised-vs-realised quality gauges cover the jobs graded this recently.")
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeat(self) -> Settings:

@@ -9,6 +9,7 @@ import socket
 import threading
 from collections.abc import Callable
 
+from scheduler.metrics import WorkerMetrics
 from scheduler.storage import Beat, HeartbeatStore, ResultStore
 from workers.inflight import InFlight
 
@@ -48,8 +49,10 @@ class WorkerStats:
 class Heartbeat:
     def __init__(self, store: HeartbeatStore, results: ResultStore, in_flight: InFlight, model: str,
                  stats: WorkerStats, interval_s: float, run_lease_s: float,
-                 clock: Callable[[], dt.datetime], concurrency: int = 1) -> None:
+                 clock: Callable[[], dt.datetime], concurrency: int = 1,
+                 metrics: WorkerMetrics | None = None) -> None:
         self.concurrency = concurrency
+        self.metrics = metrics
         self.store = store
         self.results = results
         self.in_flight = in_flight
@@ -74,6 +77,8 @@ class Heartbeat:
         self.store.beat(Beat(worker_id=self.worker_id, model=self.model, host=socket.gethostname(),
                              pid=os.getpid(), concurrency=self.concurrency, jobs_done=jobs_done, tokens_per_s=tokens_per_s,
                              mean_latency_s=mean_latency_s, started_at=self.started_at), now)
+        if self.metrics is not None:
+            self.metrics.observe_heartbeat(ok=True)
 
     def stop(self) -> None:
         self._stop.set()
@@ -88,3 +93,5 @@ class Heartbeat:
                 self.beat_once()
             except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the worker
                 log.warning("heartbeat failed: %s", exc)
+                if self.metrics is not None:
+                    self.metrics.observe_heartbeat(ok=False)

@@ -8,8 +8,9 @@ import datetime as dt
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from scheduler.errors import PermanentJobError, StorageUnavailable
@@ -17,7 +18,7 @@ from scheduler.fleet import ModelSpec
 from scheduler.storage import ClaimedJob, Failure, JobStatus, Outcome, ResultStore
 from workers.backends.base import Backend, GenerationRequest, GenerationResult
 from workers.inflight import InFlight
-from workers.timeout import time_limit
+from workers.timeout import JobTimeout, time_limit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,6 +29,8 @@ STORAGE_RETRY_S = 120.0
 # Results of a back-to-back micro-batch are written together unless this long has passed since the
 # last write: fast jobs share one transaction, slow ones (a real LLM call) are visible at once.
 RESULT_FLUSH_S = 0.5
+# Why a run failed, as the few kinds the worker's metrics count (the job's error says the rest).
+FAILURE_KINDS = ("timeout", "rejected", "engine_error", "storage_refused")
 
 
 @dataclass
@@ -37,6 +40,18 @@ class BatchStats:
     skipped: int = 0            # no longer ours: cancelled, re-planned, or already done
     output_tokens: int = 0
     generation_s: float = 0.0   # sum of per-job latencies
+    input_tokens: int = 0
+    cost_usd: float = 0.0       # what the succeeded jobs cost
+    latencies_s: list[float] = field(default_factory=list, repr=False)    # per succeeded job
+    failures: Counter[str] = field(default_factory=Counter, repr=False)   # FAILURE_KINDS -> runs
+
+
+def failure_kind(error: Exception) -> str:
+    if isinstance(error, JobTimeout):
+        return "timeout"
+    if isinstance(error, PermanentJobError):
+        return "rejected"
+    return "engine_error"
 
 
 class BatchRunner:
@@ -97,19 +112,24 @@ class BatchRunner:
             return
         records = [(job, self._outcome(output, share)) for job, output in outputs]
         statuses = _with_storage_retry(lambda: self.results.record(records, self.clock(), self.max_attempts))
-        for (job, output), status in zip(outputs, statuses, strict=True):
+        for (job, output), (_, outcome), status in zip(outputs, records, statuses, strict=True):
             if status is None:
                 stats.skipped += 1  # its lease expired and another run owns it now
             elif isinstance(output, Exception):
                 stats.failed += 1
+                stats.failures[failure_kind(output)] += 1
                 log.warning("job %s failed on %s (attempt %d): %s -> %s", job.id, self.spec.name, job.attempts,
                             output, status.value)
-            elif status is not JobStatus.SUCCEEDED:
+            elif status is not JobStatus.SUCCEEDED or not isinstance(outcome, Outcome):
                 stats.failed += 1  # generated, but the database refused the output (the store logged why)
+                stats.failures["storage_refused"] += 1
             else:
                 stats.succeeded += 1
                 stats.output_tokens += output.output_tokens
+                stats.input_tokens += output.input_tokens
                 stats.generation_s += output.latency_s
+                stats.cost_usd += outcome.cost_usd
+                stats.latencies_s.append(output.latency_s)
 
     def _outcome(self, output: GenerationResult | Exception, share: int) -> Outcome | Failure:
         if isinstance(output, Exception):

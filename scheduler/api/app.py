@@ -3,8 +3,8 @@ batches, chat and text completions, models) in ``scheduler.api.openai_api``.
 
 The API only writes jobs to the store; it never publishes to Celery (only the tick dispatches).
 Every bad input is a 4xx with a message saying what to fix; a database outage is a 503.
-Everything under /v1 needs an API key (``scheduler.api.auth``); /healthz, /readyz, /docs and
-/openapi.json are open.
+Everything under /v1 needs an API key (``scheduler.api.auth``); /healthz, /readyz, /metrics
+(Prometheus: request counts and latencies, no tenant data), /docs and /openapi.json are open.
 """
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ from scheduler.api.auth import Authenticator, CallerDep, current_caller
 from scheduler.api.errors import install_error_handlers
 from scheduler.api.limits import BodySizeLimit
 from scheduler.api.openai_api import UPLOAD_OVERHEAD_BYTES, UPLOAD_PATH, openai_router
+from scheduler.api.request_metrics import RequestMetrics
 from scheduler.api.schemas import ErrorOut, FeedbackIn, JobOut, JobPageOut, WorkerOut
 from scheduler.fleet import Fleet
 from scheduler.jobspec import JobSpec, StorableText
+from scheduler.metrics import ApiMetrics, exposition, new_registry
 from scheduler.settings import Settings
 from scheduler.storage import Database, FleetStore, HeartbeatStore, JobStatus, JobStore, TenantStore, utcnow
 
@@ -67,6 +69,8 @@ def create_app(settings: Settings, db: Database, fleet: Fleet) -> FastAPI:
                   description="Cost-optimal batch scheduling of LLM jobs across a fleet of models.")
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes,
                        larger_limits={UPLOAD_PATH: settings.max_file_bytes + UPLOAD_OVERHEAD_BYTES})
+    metrics = ApiMetrics(new_registry())
+    app.add_middleware(RequestMetrics, metrics=metrics)   # outermost: counts the size limit's 413s too
     install_error_handlers(app)
 
     app.state.settings = settings
@@ -113,6 +117,11 @@ def create_app(settings: Settings, db: Database, fleet: Fleet) -> FastAPI:
     @app.get("/healthz", summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        body, content_type = exposition(metrics.registry)
+        return Response(body, media_type=content_type)
 
     @app.get("/readyz", summary="Readiness: the database answers (503 otherwise)")
     def readyz() -> dict[str, str]:

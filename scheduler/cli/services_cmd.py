@@ -54,13 +54,16 @@ def worker(model: Annotated[str, typer.Option("--model", "-m", help="The fleet m
            concurrency: Annotated[int, typer.Option(help="Worker processes (each loads the model).")] = 1,
            loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
            pool: Annotated[Optional[str], typer.Option(
-               help="Celery pool: prefork (default for CPU/HTTP models) or solo (default for vLLM).")] = None) -> None:
+               help="Celery pool: prefork (default for CPU/HTTP models) or solo (default for vLLM).")] = None,
+           metrics_port: Annotated[Optional[int], typer.Option(
+               min=0, max=65_535, help="First pool process's Prometheus /metrics port; the others follow it "
+               "(default: SWITCHYARD_WORKER_METRICS_PORT; 0 = none).")] = None) -> None:
     """Run a Celery worker that hosts MODEL and consumes its queue model.MODEL."""
     from workers.tasks import run_worker
 
     if pool not in (None, "prefork", "solo"):
         fail(f"--pool must be prefork or solo, not {pool!r}")
-    run_worker(settings(), model, concurrency, loglevel, pool)
+    run_worker(settings(), model, concurrency, loglevel, pool, metrics_port)
 
 
 @clean_errors
