@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -46,6 +47,8 @@ def unstorable_reason(text: str) -> str | None:
     """Why the database cannot store ``text`` (None when it can)."""
     if "\x00" in text:
         return "contains a NUL character (\\u0000), which cannot be stored"
+    if text.isascii():  # the common case, without encoding a copy: ASCII has no surrogates
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:  # only a surrogate without its pair cannot be encoded
@@ -85,9 +88,31 @@ def _json_problems(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tu
                 yield from _json_problems(item, (*path, key))
 
 
+def _is_storable_json(value: Any, depth: int) -> bool:
+    """Whether ``_json_problems`` would find nothing: the same checks without building paths, for
+    the common case (a 10,000-job batch checks every job's metadata)."""
+    if depth > MAX_METADATA_DEPTH:
+        return False
+    if isinstance(value, str):
+        return unstorable_reason(value) is None
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        for item in value:
+            if not _is_storable_json(item, depth + 1):
+                return False
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if unstorable_reason(key) is not None or not _is_storable_json(item, depth + 1):
+                return False
+    return True
+
+
 def check_storable_json(value: Any) -> Any:
     """Free-form JSON (``metadata``) must be storable all the way down: text as ``StorableText``,
     numbers finite, nesting bounded."""
+    if _is_storable_json(value, 0):
+        return value
     first = next(_json_problems(value, ()), None)
     if first is not None:
         path, problem = first
@@ -112,15 +137,27 @@ def _max_pending_field(default_text: str) -> Any:
 _HASHED_ONLY_WHEN_SET = ("max_pending_s",)
 
 
-def _request_hash(spec: BaseModel) -> str:
-    """Fingerprint of everything but the (top-level) idempotency key, to spot a key reused for
-    other work."""
+def _request_payload(spec: BaseModel) -> dict[str, Any]:
+    """What a request's fingerprint covers: everything but its (top-level) idempotency key."""
     payload = spec.model_dump(mode="json", exclude={"idempotency_key"})
     for fields in (payload, *payload.get("jobs", ())):  # the request, and a batch's jobs
         for name in _HASHED_ONLY_WHEN_SET:
             if name in fields and fields[name] is None:
                 del fields[name]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return payload
+
+
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True)   # writes what json.dumps(value, sort_keys=True) writes
+
+
+def _fingerprint(payload: Any) -> str:
+    return hashlib.sha256(_CANONICAL_JSON.encode(payload).encode()).hexdigest()
+
+
+def _request_hash(spec: BaseModel) -> str:
+    """Fingerprint of everything but the (top-level) idempotency key, to spot a key reused for
+    other work."""
+    return _fingerprint(_request_payload(spec))
 
 
 class RequestModel(BaseModel):
@@ -232,6 +269,24 @@ class JobSpec(RequestModel):
             raise InvalidRequest(f"deadline {self.deadline.isoformat()} is already past")
 
 
+class BatchHashes:
+    """A batch's request hash and each job's (``JobSpec.request_hash``), from one dump of the
+    batch, each computed when first asked for: a job's is its part of the batch's payload without
+    its idempotency key."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self._payload = payload
+
+    @cached_property
+    def batch(self) -> str:
+        return _fingerprint(self._payload)
+
+    def job(self, index: int) -> str:
+        fields = dict(self._payload["jobs"][index])
+        del fields["idempotency_key"]
+        return _fingerprint(fields)
+
+
 class BatchSpec(RequestModel):
     """Many jobs in one call: written all together or not at all."""
 
@@ -245,6 +300,10 @@ class BatchSpec(RequestModel):
 
     def request_hash(self) -> str:
         return _request_hash(self)
+
+    def request_hashes(self) -> BatchHashes:
+        """The batch's request hash and its jobs' from one dump of the batch."""
+        return BatchHashes(_request_payload(self))
 
     def check_against(self, settings: Settings, fleet: Fleet, now: dt.datetime) -> None:
         if len(self.jobs) > settings.max_jobs_per_request:

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="The key CLI client commands send (Authorization: Bearer); when unset, the key "
         f"`switchyard up` wrote to {LOCAL_API_KEY_FILE}.")
+    api_key_cache_s: float = Field(
+        default=5.0, ge=0, le=300,
+        description="How long an API process remembers who holds a key: requests skip the lookup, and a revoked "
+        "key or a changed rate limit takes effect within this many seconds (0: look up every request).")
     max_file_bytes: int = Field(
         default=100 * 1024 * 1024, ge=1024, description="Largest file the Files API accepts (413 beyond).")
     max_batch_file_requests: int = Field(

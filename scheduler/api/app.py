@@ -74,7 +74,7 @@ def create_app(settings: Settings, db: Database, fleet: Fleet) -> FastAPI:
     install_error_handlers(app)
 
     app.state.settings = settings
-    app.state.authenticator = Authenticator(db)
+    app.state.authenticator = Authenticator(db, key_cache_s=settings.api_key_cache_s)
     v1 = APIRouter(prefix="/v1")
 
     @v1.post("/jobs", response_model=JobOut, status_code=201, dependencies=JSON_BODY,

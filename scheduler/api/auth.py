@@ -32,6 +32,7 @@ TENANT_HEADER = "X-Switchyard-Tenant"
 # last_used_at is written at most this often per key and API process: a request does not pay a
 # write, and "last used" is still right to the minute.
 KEY_USE_WRITE_INTERVAL_S = 60.0
+
 CREATE_KEY_HINT = "an operator creates keys with `switchyard keys create --tenant NAME`"
 
 
@@ -50,16 +51,22 @@ class Caller:
 class Authenticator:
     """The API process's view of keys: who holds a key, its tenant's rate, when it was last used."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, key_cache_s: float = 0.0) -> None:
+        """``key_cache_s``: how long a key's owner (tenant, admin, revoked, rate) is remembered,
+        so that most requests pay no database round trip for authentication; a revoked key or a
+        changed rate limit then takes effect within that many seconds. Unknown keys are never
+        remembered."""
         self.tenants = TenantStore(db)
+        self.key_cache_s = key_cache_s
         self.rate_limiter = RequestRateLimiter()
         self._key_use_written_at: dict[str, float] = {}
+        self._owners: dict[str, tuple[float, KeyOwner]] = {}   # key -> (looked up at, owner)
         self._lock = threading.Lock()
 
     def caller(self, key: str | None, acting_for: str | None) -> Caller:
         if not key:
             raise Unauthenticated(f"missing API key: send the header 'Authorization: Bearer <key>' ({CREATE_KEY_HINT})")
-        owner = self.tenants.key_owner(key)
+        owner = self._owner(key)
         if owner is None:
             raise Unauthenticated(f"invalid API key: no such key; send a key you were given ({CREATE_KEY_HINT})")
         if owner.revoked:
@@ -72,6 +79,18 @@ class Authenticator:
             raise Forbidden(f"this key belongs to tenant {owner.tenant!r} and is not an admin key: it cannot act "
                             f"for tenant {acting_for!r}; drop the {TENANT_HEADER} header")
         return Caller(tenant=acting_for, admin=True, acting_for=True)
+
+    def _owner(self, key: str) -> KeyOwner | None:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._owners.get(key)
+        if cached is not None and now - cached[0] < self.key_cache_s:
+            return cached[1]
+        owner = self.tenants.key_owner(key)
+        if owner is not None:
+            with self._lock:
+                self._owners[key] = (now, owner)
+        return owner
 
     def _limit_rate(self, owner: KeyOwner) -> None:
         """The key's own tenant's limit (an admin acting for another tenant spends its own)."""

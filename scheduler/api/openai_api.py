@@ -123,11 +123,13 @@ def openai_router(settings: Settings, db: Database, fleet: Fleet, jobs: JobStore
         if body.jobs is not None:
             spec = body.inline_batch()
             spec.check_against(settings, fleet, now)
-            batch, batch_jobs, created = jobs.submit_batch(caller.tenant, spec, now)
+            batch, job_ids, created = jobs.submit_batch(caller.tenant, spec, now)
             response.status_code = 201 if created else 200
-            return _batch_out(batches.get(caller.scope, batch.id), job_ids=[job.id for job in batch_jobs])
+            # A new batch is answered as written (no read back); a repeated one as it is now.
+            summary = BatchSummary.created(batch) if created else batches.get(caller.scope, batch.id)
+            return _batch_out(summary, job_ids=job_ids)
         batch = create_file_batch(body, caller.tenant, caller.scope, now)
-        return _batch_out(batches.get(caller.scope, batch.id))
+        return _batch_out(BatchSummary.created(batch))
 
     def create_file_batch(body: BatchCreateRequest, owner: str, scope: str | None, now: dt.datetime) -> Batch:
         """Validate the input file now (the batch passes ``validating`` within this request): a bad

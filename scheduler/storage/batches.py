@@ -42,6 +42,12 @@ class BatchSummary:
     input_tokens: int
     output_tokens: int
 
+    @classmethod
+    def created(cls, batch: Batch) -> BatchSummary:
+        """A batch as its submit wrote it: every job pending, nothing spent (no read needed)."""
+        return cls(batch, counts={JobStatus.PENDING.value: batch.num_jobs} if batch.num_jobs else {},
+                   cost_usd=0.0, input_tokens=0, output_tokens=0)
+
     @property
     def finished_jobs(self) -> int:
         return sum(n for status, n in self.counts.items() if JobStatus(status).is_final)

@@ -10,12 +10,16 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, true, update
+import psycopg
+from sqlalchemy import ColumnElement, Table, and_, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from scheduler.errors import Conflict, InvalidRequest, NotFound
 from scheduler.grading import Grader
@@ -56,6 +60,34 @@ class FileBatch:
 
 DEFAULT_MAX_PENDING_S: float = Settings.model_fields["max_pending_s"].default
 
+# A new job's row: these columns in this order, with their Postgres types (for binary COPY; JSON
+# columns travel as text, written by the same json.dumps as SQLAlchemy's JSON type). The one
+# definition of what a submitted job holds, for the bulk writer and the single submit alike.
+NEW_JOB_COLUMNS: dict[str, str] = {
+    "id": "varchar", "batch_id": "varchar", "owner": "varchar", "status": "varchar", "prompt": "text",
+    "messages": "json", "max_tokens": "int4", "temperature": "float8", "stop": "json", "min_quality": "float8",
+    "deadline_at": "timestamptz", "allowed_models": "json", "max_cost_usd": "float8", "on_deadline_miss": "varchar",
+    "metadata": "json", "reference": "text", "grader": "varchar", "idempotency_key": "varchar",
+    "custom_id": "varchar", "request_hash": "varchar", "attempts": "int4", "created_at": "timestamptz",
+    "updated_at": "timestamptz", "expires_at": "timestamptz",
+}
+_COLUMN_NAMES = tuple(NEW_JOB_COLUMNS)
+_JSON_POSITIONS = tuple(i for i, kind in enumerate(NEW_JOB_COLUMNS.values()) if kind == "json")
+_COPY_TYPES = ["text" if kind == "json" else kind for kind in NEW_JOB_COLUMNS.values()]
+_ATTRIBUTE_OF = {"metadata": "metadata_"}        # a column whose ORM attribute has another name
+_COPY_JOBS = f"COPY jobs ({', '.join(NEW_JOB_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+JOBS: Table = Job.__table__  # type: ignore[assignment]
+# A duplicate key found by a unique index: SQLAlchemy's error (INSERT) or the driver's own (COPY).
+DUPLICATE_KEY_ERRORS = (IntegrityError, psycopg.errors.UniqueViolation)
+
+# A request hash is what a repeated idempotency key is checked against, so only a job or batch
+# with a key has one; the others store this (no request can name them again). It saves 10-20 us
+# per job, a fifth of a 10,000-job batch's time in the API.
+NO_REQUEST_HASH = ""
+
+NewJobRow = tuple[Any, ...]     # values in NEW_JOB_COLUMNS order
+RowOf = Callable[[int], NewJobRow]   # the i-th job's row
+
 
 class JobStore:
     def __init__(self, db: Database, *, default_max_pending_s: float = DEFAULT_MAX_PENDING_S) -> None:
@@ -69,56 +101,71 @@ class JobStore:
         """Insert one pending job; returns (job, created). A repeated idempotency key returns
         the first job, or raises Conflict if the key was used for a different request. The
         owner's limits are checked first (TooManyPendingJobs, SpendCapReached: nothing written)."""
-        if spec.idempotency_key:
-            existing = self._job_by_key(owner, spec.idempotency_key)
-            if existing is not None:
-                self._check_same_request(existing, spec.request_hash())
-                return existing, False
+        request_hash = spec.request_hash() if spec.idempotency_key else NO_REQUEST_HASH
+        row = _job_row(_new_ids(1)[0], owner, spec, None, now, spec.max_pending_s or self.default_max_pending_s,
+                       request_hash)
+        # What the caller is answered with (the row is written by _insert_jobs, without the ORM's bookkeeping).
+        job = Job(**{_ATTRIBUTE_OF.get(name, name): value for name, value in zip(_COLUMN_NAMES, row, strict=True)})
         try:
+            # One transaction for the key's lookup and the insert: a submit pays one round of
+            # connection checkout, BEGIN and COMMIT. The lookup comes before the limits, so a
+            # retry of a job already accepted gets it back even when the tenant is now at its limit.
             with self.db.session() as session:
+                if spec.idempotency_key:
+                    existing = session.scalar(select(Job).where(Job.owner == owner,
+                                                                Job.idempotency_key == spec.idempotency_key))
+                    if existing is not None:
+                        self._check_same_request(existing, request_hash)
+                        return existing, False
                 admit_jobs(session, owner, 1)
-                job = _new_job(owner, spec, None, now, spec.max_pending_s or self.default_max_pending_s)
-                session.add(job)
+                _insert_jobs(session, [row], copy=False)
             return job, True
         except IntegrityError:
             # A concurrent submit with the same key won the race: return its job.
             existing = self._job_by_key(owner, spec.idempotency_key or "")
             if existing is None:
                 raise
-            self._check_same_request(existing, spec.request_hash())
+            self._check_same_request(existing, request_hash)
             return existing, False
 
-    def submit_batch(self, owner: str, spec: BatchSpec, now: dt.datetime) -> tuple[Batch, list[Job], bool]:
+    def submit_batch(self, owner: str, spec: BatchSpec, now: dt.datetime) -> tuple[Batch, list[str], bool]:
         """Insert a batch and all its jobs in one transaction (all or nothing, the owner's limits
-        included)."""
+        included); returns (batch, its job ids in order, created). A repeated idempotency key
+        returns the first batch, or raises Conflict if the key was used for a different request;
+        a job's idempotency key used before (or by a concurrent submit) is a Conflict too."""
+        keys = [job.idempotency_key for job in spec.jobs]
+        hashes = spec.request_hashes() if spec.idempotency_key or any(keys) else None
+        batch_hash = hashes.batch if hashes is not None and spec.idempotency_key else NO_REQUEST_HASH
         if spec.idempotency_key:
             found = self._batch_by_key(owner, spec.idempotency_key)
             if found is not None:
-                self._check_same_request(found, spec.request_hash())
-                return found, self._batch_jobs(found.id), False
-        self._reject_reused_job_keys(owner, spec.jobs)
-        batch = Batch(id=str(uuid.uuid4()), owner=owner, name=spec.name, alpha=spec.alpha,
+                self._check_same_request(found, batch_hash)
+                return found, self._batch_job_ids(found.id), False
+        batch = Batch(id=_new_ids(1)[0], owner=owner, name=spec.name, alpha=spec.alpha,
                       max_cost_usd=spec.max_cost_usd, num_jobs=len(spec.jobs),
-                      idempotency_key=spec.idempotency_key, request_hash=spec.request_hash(), created_at=now,
+                      idempotency_key=spec.idempotency_key, request_hash=batch_hash, created_at=now,
                       status=BatchStatus.IN_PROGRESS.value, in_progress_at=now)
-        # One microsecond apart: created_at then orders a batch's jobs as submitted (listing,
-        # results files, the tick's oldest-first claim) instead of by random id.
+        job_ids, times = _new_ids(len(spec.jobs)), _submission_times(now, len(spec.jobs))
         batch_max_pending_s = spec.max_pending_s or self.default_max_pending_s
-        jobs = [_new_job(owner, job_spec, batch.id, now + dt.timedelta(microseconds=index),
-                         job_spec.max_pending_s or batch_max_pending_s)
-                for index, job_spec in enumerate(spec.jobs)]
+
+        def row(index: int) -> NewJobRow:
+            job = spec.jobs[index]
+            job_hash = hashes.job(index) if hashes is not None and keys[index] else NO_REQUEST_HASH
+            return _job_row(job_ids[index], owner, job, batch.id, times[index],
+                            job.max_pending_s or batch_max_pending_s, job_hash)
+
         try:
-            with self.db.session() as session:
-                admit_jobs(session, owner, len(jobs))
-                session.add(batch)
-                session.flush()
-                session.add_all(jobs)
-        except IntegrityError as exc:
+            self._write_batch(owner, batch, row, keys)
+        except DUPLICATE_KEY_ERRORS as exc:
+            # A unique index refused a key. The batch's own: a concurrent submit of this batch won
+            # (return its batch). Else a job's: used before, or by a concurrent submit.
             found = self._batch_by_key(owner, spec.idempotency_key) if spec.idempotency_key else None
-            if found is None:
-                raise Conflict("an idempotency_key in this batch was used by a concurrent submit") from exc
-            return found, self._batch_jobs(found.id), False
-        return batch, jobs, True
+            if found is not None:
+                self._check_same_request(found, batch_hash)
+                return found, self._batch_job_ids(found.id), False
+            self._reject_reused_job_keys(owner, [key for key in keys if key])
+            raise Conflict("an idempotency_key in this batch was used by a concurrent submit") from exc
+        return batch, job_ids, True
 
     def submit_file_batch(self, owner: str, request: FileBatch, jobs: Sequence[tuple[str, JobSpec]],
                           now: dt.datetime) -> Batch:
@@ -127,14 +174,14 @@ class JobStore:
         limits included). Its jobs' order is the file's."""
         batch = request.batch_row(owner, now, num_jobs=len(jobs), status=BatchStatus.IN_PROGRESS)
         batch.in_progress_at = now
-        rows = [_new_job(owner, spec, batch.id, now + dt.timedelta(microseconds=index), request.window_s,
-                         custom_id=custom_id)
-                for index, (custom_id, spec) in enumerate(jobs)]
-        with self.db.session() as session:
-            admit_jobs(session, owner, len(rows))
-            session.add(batch)
-            session.flush()
-            session.add_all(rows)
+        job_ids, times = _new_ids(len(jobs)), _submission_times(now, len(jobs))
+
+        def row(index: int) -> NewJobRow:
+            custom_id, spec = jobs[index]
+            return _job_row(job_ids[index], owner, spec, batch.id, times[index], request.window_s,
+                            spec.request_hash() if spec.idempotency_key else NO_REQUEST_HASH, custom_id=custom_id)
+
+        self._write_batch(owner, batch, row, [spec.idempotency_key for _, spec in jobs])
         return batch
 
     def record_failed_batch(self, owner: str, request: FileBatch, errors: list[dict[str, object]],
@@ -146,6 +193,22 @@ class JobStore:
         with self.db.session() as session:
             session.add(batch)
         return batch
+
+    def _write_batch(self, owner: str, batch: Batch, row: RowOf, keys: Sequence[str | None]) -> None:
+        """The batch row, then its jobs (``row(i)``: the i-th job's, made as it is written, so that
+        making rows overlaps the database storing the ones before), in one transaction: everything
+        or nothing. The batch goes first, so a concurrent submit of the same batch key waits at its
+        unique index and fails there, before it has written a job or taken the tenant's lock. Jobs
+        with idempotency keys are written in key order, so two submits that share keys wait for
+        each other at the unique index (the later one then fails) instead of deadlocking."""
+        order: Iterable[int] = range(len(keys))
+        if any(keys):
+            order = sorted(order, key=lambda index: keys[index] or "")
+        with self.db.session() as session:
+            session.add(batch)
+            session.flush()
+            admit_jobs(session, owner, len(keys))
+            _insert_jobs(session, map(row, order), copy=not self.db.is_sqlite)
 
     # -- read -----------------------------------------------------------------------------
     def get_job(self, scope: str | None, job_id: str) -> Job:
@@ -221,12 +284,13 @@ class JobStore:
         with self.db.session() as session:
             return session.scalar(select(Batch).where(Batch.owner == owner, Batch.idempotency_key == key))
 
-    def _batch_jobs(self, batch_id: str) -> list[Job]:
+    def _batch_job_ids(self, batch_id: str) -> list[str]:
         with self.db.session() as session:
-            return list(session.scalars(select(Job).where(Job.batch_id == batch_id).order_by(Job.created_at)))
+            return list(session.scalars(select(Job.id).where(Job.batch_id == batch_id)
+                                        .order_by(Job.created_at, Job.id)))
 
-    def _reject_reused_job_keys(self, owner: str, specs: Sequence[JobSpec]) -> None:
-        keys = [s.idempotency_key for s in specs if s.idempotency_key]
+    def _reject_reused_job_keys(self, owner: str, keys: Sequence[str]) -> None:
+        """Conflict naming the keys earlier jobs of ``owner`` hold (nothing when none does)."""
         if not keys:
             return
         with self.db.session() as session:
@@ -250,23 +314,55 @@ def _scope_filter(scope: str | None) -> ColumnElement[bool]:
     return true() if scope is None else Job.owner == scope
 
 
-def _new_job(owner: str, spec: JobSpec, batch_id: str | None, now: dt.datetime, max_pending_s: float, *,
-             custom_id: str | None = None) -> Job:
-    """A pending job row; ``max_pending_s`` is the job's own, else its batch's, else the setting.
-    ``custom_id``: its line's id in a batch input file."""
-    return Job(
-        id=str(uuid.uuid4()), batch_id=batch_id, owner=owner, status=JobStatus.PENDING,
-        prompt=spec.prompt,
-        messages=[m.model_dump() for m in spec.messages] if spec.messages is not None else None,
-        max_tokens=spec.max_tokens, temperature=spec.temperature, stop=spec.stop,
-        min_quality=spec.min_quality, deadline_at=spec.deadline, allowed_models=spec.allowed_models,
-        max_cost_usd=spec.max_cost_usd, on_deadline_miss=spec.on_deadline_miss, metadata_=spec.metadata,
-        reference=spec.reference,
-        grader=(spec.grader or Grader.CONTAINS).value if spec.reference is not None else None,
-        idempotency_key=spec.idempotency_key, custom_id=custom_id,
-        request_hash=spec.request_hash(), attempts=0, created_at=now, updated_at=now,
-        expires_at=now + dt.timedelta(seconds=max_pending_s),
+def _job_row(job_id: str, owner: str, spec: JobSpec, batch_id: str | None, now: dt.datetime,
+             max_pending_s: float, request_hash: str, *, custom_id: str | None = None) -> NewJobRow:
+    """A pending job's row (NEW_JOB_COLUMNS); ``max_pending_s`` is the job's own, else its batch's,
+    else the setting. ``custom_id``: its line's id in a batch input file."""
+    return (
+        job_id, batch_id, owner, JobStatus.PENDING.value, spec.prompt,
+        [m.model_dump() for m in spec.messages] if spec.messages is not None else None,
+        spec.max_tokens, spec.temperature, spec.stop, spec.min_quality, spec.deadline, spec.allowed_models,
+        spec.max_cost_usd, spec.on_deadline_miss, spec.metadata, spec.reference,
+        (spec.grader or Grader.CONTAINS).value if spec.reference is not None else None,
+        spec.idempotency_key, custom_id, request_hash, 0, now, now, now + dt.timedelta(seconds=max_pending_s),
     )
+
+
+def _insert_jobs(session: Session, rows: Iterable[NewJobRow], *, copy: bool) -> None:
+    """Write new jobs inside the session's transaction: with ``copy`` (a batch on Postgres) one
+    binary COPY, its rows sent as they come; else one INSERT (SQLite's batches, a single job)."""
+    if not copy:
+        session.execute(insert(JOBS), [dict(zip(_COLUMN_NAMES, row, strict=True)) for row in rows])
+        return
+    driver = session.connection().connection.driver_connection
+    assert driver is not None, "the session's connection is open inside its transaction"
+    dumps = json.dumps      # as SQLAlchemy's JSON type writes a value, None included ('null')
+    with driver.cursor() as cursor, cursor.copy(_COPY_JOBS) as stream:
+        stream.set_types(_COPY_TYPES)
+        for row in rows:
+            values = list(row)
+            for position in _JSON_POSITIONS:
+                value = values[position]
+                values[position] = "null" if value is None else dumps(value)
+            stream.write_row(values)
+
+
+def _new_ids(count: int) -> list[str]:
+    """``count`` random (version 4) UUIDs as text, as ``str(uuid.uuid4())`` writes them, from one
+    read of the OS's randomness (uuid4() reads it once per id: 7 us each, 70 ms per 10,000 jobs)."""
+    ids = []
+    random = os.urandom(16 * count).hex()
+    for start in range(0, 32 * count, 32):
+        h = random[start:start + 32]
+        variant = "89ab"[int(h[16], 16) & 3]
+        ids.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}")
+    return ids
+
+
+def _submission_times(now: dt.datetime, count: int) -> list[dt.datetime]:
+    """One microsecond apart: created_at then orders a batch's jobs as submitted (listing,
+    results files, the tick's oldest-first claim) instead of by random id."""
+    return [now + dt.timedelta(microseconds=index) for index in range(count)]
 
 
 def _encode_cursor(job: Job) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,7 +32,7 @@ OPEN_PATHS = {"/healthz", "/readyz"}  # and /docs, /openapi.json, which the Open
 @pytest.fixture
 def app_client(pg_db: Database, fleet: Fleet) -> Iterator[TestClient]:
     """The API with no default key: each test says which key each request sends."""
-    with TestClient(create_app(make_settings(pg_db.url), pg_db, fleet)) as client:
+    with TestClient(create_app(make_settings(pg_db.url, api_key_cache_s=0), pg_db, fleet)) as client:
         yield client
 
 
@@ -267,3 +268,13 @@ def test_request_rate_limit_is_429_with_retry_after(app_client: TestClient, pg_d
     assert app_client.get("/v1/jobs", headers=keys["admin"] | {"X-Switchyard-Tenant": "tenant-a"}).status_code == 200
     # Health stays open and unlimited.
     assert app_client.get("/healthz").status_code == 200
+
+
+def test_a_revoked_key_stops_working_once_the_key_cache_has_expired(pg_db: Database, fleet: Fleet) -> None:
+    created = TenantStore(pg_db).create_key("tenant-a", utcnow())
+    with TestClient(create_app(make_settings(pg_db.url, api_key_cache_s=0.5), pg_db, fleet)) as client:
+        assert submit(client, bearer(created.key)).status_code == 201      # looked up, then remembered
+        TenantStore(pg_db).revoke_key(created.row.id, utcnow())
+        assert client.get("/v1/jobs", headers=bearer(created.key)).status_code == 200   # within the cache
+        time.sleep(0.6)
+        assert_error(client.get("/v1/jobs", headers=bearer(created.key)), 401, "this API key was revoked")

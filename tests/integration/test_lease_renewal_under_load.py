@@ -69,8 +69,7 @@ def queue_micro_batches(db: Database, count: int) -> list[tuple[str, list[str]]]
     """``count`` micro-batches of pending jobs, queued for MODEL: (dispatch id, job ids)."""
     now = utcnow()
     specs = [JobSpec(prompt=f"question {i} of the load test") for i in range(count * BATCH_JOBS)]
-    _batch, jobs, _ = JobStore(db).submit_batch("default", BatchSpec(jobs=specs), now)
-    job_ids = [job.id for job in jobs]
+    _batch, job_ids, _ = JobStore(db).submit_batch("default", BatchSpec(jobs=specs), now)
     # A dispatch lists its jobs in the plan's order, which has nothing to do with where the rows
     # lie in the table.
     random.Random(7).shuffle(job_ids)
