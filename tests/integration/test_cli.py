@@ -22,8 +22,9 @@ from tests.conftest import create_api_key, free_port, make_settings
 @pytest.fixture
 def api_url(pg_db: Database, fleet: Fleet) -> Iterator[str]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(make_settings(pg_db.url), pg_db, fleet), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    # Keys are looked up on every request: the revocation test expects the next request to be refused.
+    server = uvicorn.Server(uvicorn.Config(create_app(make_settings(pg_db.url, api_key_cache_s=0), pg_db, fleet),
+                                           host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
