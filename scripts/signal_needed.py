@@ -74,8 +74,11 @@ def main() -> None:
         points += refine_reach_best(at_alpha, points, float(quality[best]))   # as the replay does
         share = reach_best(points, float(quality[best]))
         near = reach_best(points, float(quality[best]) - ALPHA_TOLERANCE)
-        fmt = lambda x: f"{x:.1%}" if x is not None else "-"
         print(f"{d:>5.2f} {auc:>16.3f} {fmt(share):>11} {fmt(near):>12}", flush=True)
+
+
+def fmt(x: float | None) -> str:
+    return f"{x:.1%}" if x is not None else "-"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Outcome records as arrays, and the one rule that turns prices and tokens into dollars.
 
-Cost rule (used by every converter, by replay for scoring, and for the decision cost):
+Cost rule (used by every converter, by replay for scoring, and for the decision cost; the dollars
+themselves come from scheduler/costs.py, as for the fleet):
 ``cost_usd`` when the log has it; otherwise
 ``input_usd_per_mtok * prompt_tokens + output_usd_per_mtok * output_tokens`` (per million), where
 prompt tokens are estimated from the prompt text (:func:`estimate_tokens`) and output tokens are
@@ -13,17 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scheduler.costs import estimate_tokens, token_cost_usd
 from scheduler.datasets.records import DatasetFormatError, ModelPrice, OutcomeRecord
 
-# ~4 characters per token is the usual BPE rule of thumb for English; on RouterBench it
-# reproduces the logged per-query costs within 1% at the median (checked against its prices).
-CHARS_PER_TOKEN = 4.0
 DEFAULT_ASSUMED_OUTPUT_TOKENS = 256
-
-
-def estimate_tokens(text: str) -> int:
-    """Token count of ``text`` by the ~4-characters-per-token rule (no tokenizer download needed)."""
-    return max(1, round(len(text) / CHARS_PER_TOKEN))
 
 
 @dataclass(frozen=True)
@@ -38,6 +32,9 @@ class OutcomeMatrix:
     cost_usd: np.ndarray        # (N, M) float, nan = not logged
     output_tokens: np.ndarray   # (N, M) float, nan = not logged
     prompt_tokens: np.ndarray   # (N,) float, estimated from the prompt text
+    #: (N, M) object array of the logged answer texts (None = not logged), or None when no record
+    #: in the set logged any (the post-hoc estimator reads them; see scheduler/predictor/posthoc.py)
+    responses: np.ndarray | None = None
 
     @classmethod
     def from_records(cls, records: Sequence[OutcomeRecord], models: Sequence[str]) -> OutcomeMatrix:
@@ -46,6 +43,7 @@ class OutcomeMatrix:
         scores = np.full((n, m), np.nan)
         cost = np.full((n, m), np.nan)
         tokens = np.full((n, m), np.nan)
+        responses = np.full((n, m), None, dtype=object)
         for i, rec in enumerate(records):
             for name, out in rec.outcomes.items():
                 j = col.get(name)
@@ -56,6 +54,7 @@ class OutcomeMatrix:
                     cost[i, j] = out.cost_usd
                 if out.output_tokens is not None:
                     tokens[i, j] = out.output_tokens
+                responses[i, j] = out.response
         return cls(
             ids=[r.id for r in records],
             prompts=[r.prompt for r in records],
@@ -65,6 +64,7 @@ class OutcomeMatrix:
             cost_usd=cost,
             output_tokens=tokens,
             prompt_tokens=np.array([estimate_tokens(r.prompt) for r in records], dtype=float),
+            responses=responses if any(x is not None for x in responses.flat) else None,
         )
 
     def complete_rows(self) -> np.ndarray:
@@ -84,21 +84,23 @@ class OutcomeMatrix:
             cost_usd=self.cost_usd[idx],
             output_tokens=self.output_tokens[idx],
             prompt_tokens=self.prompt_tokens[idx],
+            responses=None if self.responses is None else self.responses[idx],
         )
 
 
 def price_arrays(models: Sequence[str], prices: dict[str, ModelPrice]) -> tuple[np.ndarray, np.ndarray]:
-    """(M,) input and output USD per token; nan where the price is unknown."""
-    pin = np.array([_or_nan(prices.get(m, ModelPrice()).input_usd_per_mtok) for m in models]) / 1e6
-    pout = np.array([_or_nan(prices.get(m, ModelPrice()).output_usd_per_mtok) for m in models]) / 1e6
+    """(M,) input and output USD per million tokens; nan where the price is unknown."""
+    pin = np.array([_or_nan(prices.get(m, ModelPrice()).input_usd_per_mtok) for m in models])
+    pout = np.array([_or_nan(prices.get(m, ModelPrice()).output_usd_per_mtok) for m in models])
     return pin, pout
 
 
-def token_cost_usd(
+def matrix_token_cost_usd(
     prompt_tokens: np.ndarray, output_tokens: np.ndarray, pin: np.ndarray, pout: np.ndarray
 ) -> np.ndarray:
-    """(N, M) cost of ``prompt_tokens[i]`` in and ``output_tokens[i, j]`` out at each model's price."""
-    return prompt_tokens[:, None] * pin[None, :] + output_tokens * pout[None, :]
+    """(N, M) cost of ``prompt_tokens[i]`` in and ``output_tokens[i, j]`` out at each model's
+    per-million-token prices (``price_arrays``)."""
+    return token_cost_usd(prompt_tokens[:, None], output_tokens, pin[None, :], pout[None, :])
 
 
 def realised_cost_usd(
@@ -109,7 +111,7 @@ def realised_cost_usd(
     """(N, M) what each call cost (or would have cost) by the module's cost rule; for scoring only."""
     pin, pout = price_arrays(matrix.models, prices)
     tokens = np.where(np.isnan(matrix.output_tokens), assumed_output_tokens, matrix.output_tokens)
-    cost = np.where(np.isnan(matrix.cost_usd), token_cost_usd(matrix.prompt_tokens, tokens, pin, pout),
+    cost = np.where(np.isnan(matrix.cost_usd), matrix_token_cost_usd(matrix.prompt_tokens, tokens, pin, pout),
                     matrix.cost_usd)
     observed = ~np.isnan(matrix.scores)
     if np.isnan(cost[observed]).any():

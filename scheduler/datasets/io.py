@@ -17,7 +17,7 @@ from scheduler.datasets.records import (
 )
 
 _RECORD_KEYS = {"id", "prompt", "task", "split", "outcomes"}
-_OUTCOME_KEYS = {"score", "cost_usd", "output_tokens"}
+_OUTCOME_KEYS = {"score", "cost_usd", "output_tokens", "response"}
 _PRICE_KEYS = {"input_usd_per_mtok", "output_usd_per_mtok"}
 
 
@@ -46,11 +46,23 @@ def parse_outcome(raw: Any, where: str) -> Outcome:
     tokens = raw.get("output_tokens")
     if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0):
         raise DatasetFormatError(f"{where}.output_tokens: expected an int >= 0 or null, got {tokens!r}")
+    response = raw.get("response")
+    if response is not None and not isinstance(response, str):
+        raise DatasetFormatError(
+            f"{where}.response: expected the answer text (a string) or null, got {type(response).__name__} "
+            f"{_short(response)}"
+        )
     return Outcome(
         score=_number(raw["score"], f"{where}.score", lo=0.0, hi=1.0),
         cost_usd=None if cost is None else _number(cost, f"{where}.cost_usd", lo=0.0),
         output_tokens=tokens,
+        response=response,
     )
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def parse_record(raw: Any, where: str) -> OutcomeRecord:
@@ -75,7 +87,8 @@ def parse_record(raw: Any, where: str) -> OutcomeRecord:
         prompt=raw["prompt"],
         task=raw["task"],
         split=split,
-        outcomes={str(m): parse_outcome(o, f"{where}.outcomes[{m!r}]") for m, o in outcomes.items()},
+        outcomes={str(m): parse_outcome(o, f"{where} (id {raw['id']!r}).outcomes[{m!r}]")
+                  for m, o in outcomes.items()},
     )
 
 
@@ -123,16 +136,22 @@ def read_dataset(path: str | Path, models_path: str | Path | None = None) -> Out
     return dataset
 
 
+def outcome_to_json(out: Outcome) -> dict[str, Any]:
+    """One outcome as written; ``response`` only when logged, so sets without answers stay as
+    they were (and readable by readers that predate the field)."""
+    raw: dict[str, Any] = {"score": out.score, "cost_usd": out.cost_usd, "output_tokens": out.output_tokens}
+    if out.response is not None:
+        raw["response"] = out.response
+    return raw
+
+
 def record_to_json(rec: OutcomeRecord) -> dict[str, Any]:
     return {
         "id": rec.id,
         "prompt": rec.prompt,
         "task": rec.task,
         "split": rec.split.value,
-        "outcomes": {
-            m: {"score": o.score, "cost_usd": o.cost_usd, "output_tokens": o.output_tokens}
-            for m, o in rec.outcomes.items()
-        },
+        "outcomes": {m: outcome_to_json(o) for m, o in rec.outcomes.items()},
     }
 
 

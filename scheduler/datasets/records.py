@@ -4,7 +4,7 @@ One query per line of ``NAME.jsonl``::
 
     {"id": str, "prompt": str, "task": str, "split": "train" | "test",
      "outcomes": {MODEL: {"score": float in [0, 1], "cost_usd": float | null,
-                          "output_tokens": int | null}}}
+                          "output_tokens": int | null, "response": str | null}}}
 
 and one price table per dataset in ``NAME.models.json``::
 
@@ -13,6 +13,9 @@ and one price table per dataset in ``NAME.models.json``::
 A model missing from a query's ``outcomes`` was not observed on it (training treats it as
 unknown; replay scores a test query only when every model was observed). ``cost_usd`` null means
 "derive it from the prices and token counts" (see :mod:`scheduler.datasets.costing`).
+``response`` (optional; absent in older files and in sets that log no answers) is the model's raw
+answer text, which post-hoc quality estimation (:mod:`scheduler.predictor.posthoc`) reads; null
+and absent both mean "not logged".
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ class Outcome:
     score: float                      # 0..1: 1 = correct (or an F1/coverage-style partial credit)
     cost_usd: float | None = None     # realised cost of this call, when the log has it
     output_tokens: int | None = None  # tokens the model generated, when known
+    response: str | None = None       # the model's raw answer text, when the log has it
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ arXiv:2406.18665): ``mmlu/responses/mmlu_<subject>.csv`` (57 files, 14,042 rows)
   $24.7/M, Mixtral $0.24/M, the same for input and output). GSM8K's ``output_tokens`` are
   *estimated* from the logged responses (~4 chars/token); MMLU has no responses, so its output
   tokens are null and replay's assumed output length applies.
+- **response**: GSM8K's ``<model>_response`` columns, as logged (null where empty); MMLU logs none.
 - RouteLLM's ``contaminated_prompts.jsonl`` lists prompts that overlap *RouteLLM's* router training
   data; nothing here trains on that data, so those rows are kept.
 """
@@ -81,6 +82,7 @@ def convert_routellm_gsm8k(
                 m: Outcome(
                     score=_bool_score(row[m], f"{path.name} row {i}"),
                     output_tokens=estimate_tokens(row.get(f"{m}_response") or ""),
+                    response=row.get(f"{m}_response") or None,
                 )
                 for m in (GPT4, MIXTRAL)
             }

@@ -13,6 +13,8 @@ RouterBench when you publish numbers on it.
 - **cost rule**: ``cost_usd`` = the logged ``M|total_cost`` (input + output tokens x the model's 2024
   API price). ``output_tokens`` is *estimated* from the logged response text (~4 chars/token).
   The price table below is RouterBench's; it reproduces the logged costs.
+- **response**: the logged ``M|model_response``, unwrapped from its list literal and otherwise as
+  logged (trailing newlines kept); null where the cell is empty.
 """
 from __future__ import annotations
 
@@ -92,11 +94,13 @@ def convert_routerbench(src: str | Path) -> tuple[list[OutcomeRecord], dict[str,
             score = _float_or_none(row.get(m))
             if score is None:
                 continue
-            response = row.get(f"{m}|model_response") or ""
+            cell = row.get(f"{m}|model_response") or ""
+            response = _unwrap(cell) if cell else None
             outcomes[m] = Outcome(
                 score=score,
                 cost_usd=_float_or_none(row.get(f"{m}|total_cost")),
-                output_tokens=estimate_tokens(_unwrap(response)) if response else None,
+                output_tokens=estimate_tokens(response) if response is not None else None,
+                response=response,
             )
         if not outcomes:
             continue

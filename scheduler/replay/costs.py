@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler.datasets.costing import OutcomeMatrix, price_arrays, token_cost_usd
+from scheduler.datasets.costing import OutcomeMatrix, matrix_token_cost_usd, price_arrays
 from scheduler.datasets.records import ModelPrice
 
 
@@ -28,7 +28,7 @@ def decision_cost_usd(
     n, m = len(test.ids), len(test.models)
     tokens = predicted_tokens if predicted_tokens is not None else np.full((n, m), float(assumed_output_tokens))
     pin, pout = price_arrays(test.models, prices)
-    cost = token_cost_usd(test.prompt_tokens, tokens, pin, pout)
+    cost = matrix_token_cost_usd(test.prompt_tokens, tokens, pin, pout)
     for j in np.flatnonzero(np.isnan(pin) | np.isnan(pout)):
         seen = ~np.isnan(train.cost_usd[:, j])
         if not seen.any():

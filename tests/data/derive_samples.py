@@ -3,7 +3,9 @@
     python tests/data/derive_samples.py ../shared/data
 
 Takes the first rows of each raw file (same columns, same formats) so the converters can be tested
-on the real layouts, and an interchange-format sample of RouteLLM MMLU for calibration tests.
+on the real layouts, an interchange-format sample of RouteLLM MMLU for calibration tests, and
+interchange-format samples *with the models' answers* (``response``) of RouteLLM GSM8K and the
+RouterBench subset for the post-hoc estimator's tests.
 See ATTRIBUTION.md for the sources and licences.
 """
 from __future__ import annotations
@@ -72,6 +74,21 @@ def main(shared: Path) -> None:
 
     records, prices = convert_routellm_mmlu(shared / "routellm")
     write_dataset(HERE / "mmlu_sample.jsonl", records[::14][:1000], prices)
+
+    # Samples with answers: GSM8K, every 6th record (220: Mixtral and GPT-4, both responses), and
+    # RouterBench, the first train/test records of each task (ARC and Winogrande answer with a
+    # letter, MBPP with code), every model's response; split as the converters split them.
+    from scheduler.datasets.routellm import convert_routellm_gsm8k
+    from scheduler.datasets.routerbench import convert_routerbench
+
+    records, prices = convert_routellm_gsm8k(shared / "routellm")
+    write_dataset(HERE / "gsm8k_sample.jsonl", records[::6], prices)
+    records, prices = convert_routerbench(shared / "routerbench_subset_routerdc")
+    keep = []
+    for task, n_train in (("arc-challenge", 16), ("winogrande", 16), ("mbpp", 8)):
+        for split, n in (("train", n_train), ("test", n_train // 2)):
+            keep += [r for r in records if r.task == task and r.split.value == split][:n]
+    write_dataset(HERE / "routerbench_sample.jsonl", keep, prices)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,46 @@ def test_write_then_read_round_trip(tmp_path: Path) -> None:
         "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
 
 
+def test_responses_round_trip_and_are_left_out_when_not_logged(tmp_path: Path) -> None:
+    recs = [_rec(0, a=Outcome(1.0, 0.01, 5, response="B\n")),
+            _rec(1, "test", a=Outcome(0.0, 0.02, 3, response=""), b=Outcome(1.0, 0.2, 7))]
+    write_dataset(tmp_path / "r.jsonl", recs, {})
+    lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert lines[0]["outcomes"]["a"]["response"] == "B\n"
+    assert lines[1]["outcomes"]["a"]["response"] == ""      # an empty answer is an answer
+    assert "response" not in lines[1]["outcomes"]["b"]      # not logged: the key is left out
+    back = read_dataset(tmp_path / "r.jsonl")
+    assert back.records == tuple(recs)
+    m = OutcomeMatrix.from_records(back.records, ["a", "b"])
+    assert m.responses is not None and m.responses.tolist() == [["B\n", None], ["", None]]
+    assert m.subset(np.array([1])).responses.tolist() == [["", None]]
+
+
+def test_old_files_without_responses_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "old.jsonl"
+    rows = [{"id": f"q{i}", "prompt": "p", "task": "t", "split": split,
+             "outcomes": {"m": {"score": 1, "cost_usd": 0.1, "output_tokens": None}}}
+            for i, split in enumerate(("train", "test"))]
+    rows[1]["outcomes"]["m"]["response"] = None              # null is allowed too
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = read_dataset(path)
+    assert all(o.response is None for r in data.records for o in r.outcomes.values())
+    assert OutcomeMatrix.from_records(data.records, ["m"]).responses is None
+
+
+@pytest.mark.parametrize("bad", ['3', '["B"]', '{"text": "B"}', "true"])
+def test_reader_refuses_a_response_that_is_not_text(tmp_path: Path, bad: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    good = json.dumps({"id": "z", "prompt": "p", "task": "t", "split": "train",
+                       "outcomes": {"m": {"score": 1, "cost_usd": 0.1}}})
+    line = ('{"id": "q7", "prompt": "p", "task": "t", "split": "test", "outcomes": {"gpt": '
+            '{"score": 1, "cost_usd": 0.1, "response": ' + bad + '}}}')
+    path.write_text(good + "\n" + line + "\n")
+    with pytest.raises(DatasetFormatError, match="response: expected the answer text") as err:
+        read_dataset(path)
+    assert "bad.jsonl:2" in str(err.value) and "'q7'" in str(err.value) and "'gpt'" in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
@@ -100,6 +140,11 @@ def test_routerbench_converter(tmp_path: Path) -> None:
     assert len(pair[0].outcomes) + len(pair[1].outcomes) == 11   # NaN cells left out, not zeroed
     rec = next(r for r in data.records if r.task == "winogrande")
     assert not rec.prompt.startswith("['")                       # list literal unwrapped
+    # every observed outcome carries the logged answer, unwrapped from its list literal
+    assert all(o.response is not None for r in data.records for o in r.outcomes.values())
+    assert rec.outcomes["gpt-4-1106-preview"].response in ("A", "B")
+    mbpp = next(r for r in data.records if r.task == "mbpp")
+    assert "def " in (mbpp.outcomes["gpt-4-1106-preview"].response or "")
     out = rec.outcomes["gpt-4-1106-preview"]
     assert out.cost_usd is not None and out.output_tokens is not None
     # the price table reproduces the logged cost: input tokens implied by two models agree
@@ -115,18 +160,22 @@ def test_llmrouter_converter(tmp_path: Path) -> None:
     assert len(data.models) == 9
     assert all(r.task != "unknown" for r in data.records)
     assert data.prices["gemma-2-9b-it"] == ModelPrice(0.1, 0.1)
-    assert all(o.cost_usd is None and o.output_tokens is None for r in data.records for o in r.outcomes.values())
+    assert all(o.cost_usd is None and o.output_tokens is None and o.response is None
+               for r in data.records for o in r.outcomes.values())
 
 
 def test_routellm_converters_split_deterministically(tmp_path: Path) -> None:
     mmlu = convert("routellm-mmlu", DATA / "routellm", tmp_path / "mmlu.jsonl")
     assert len(mmlu.records) == 20 and {r.task for r in mmlu.records} == {"mmlu_anatomy", "mmlu_astronomy"}
     assert all(r.split is hashed_split(r.id) for r in mmlu.records)
+    assert all(o.response is None for r in mmlu.records for o in r.outcomes.values())   # MMLU logs none
     again = convert("routellm-mmlu", DATA / "routellm", tmp_path / "mmlu2.jsonl")
     assert [r.split for r in again.records] == [r.split for r in mmlu.records]
     gsm = convert("routellm-gsm8k", DATA / "routellm", tmp_path / "gsm.jsonl")
     assert len(gsm.records) == 12
     assert all(o.output_tokens and o.output_tokens > 10 for r in gsm.records for o in r.outcomes.values())
+    first = gsm.records[0].outcomes["mistralai/Mixtral-8x7B-Instruct-v0.1"].response
+    assert first is not None and "#### 18" in first               # the logged answer, as logged
     assert gsm.prices["gpt-4-1106-preview"] == ModelPrice(24.7, 24.7)
 
 
