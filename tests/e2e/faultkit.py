@@ -153,7 +153,7 @@ def terminate_leader_lock_connection(database_url: str) -> int:
             "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = %s "
             "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s", (name, TICK_LOCK_KEY)).fetchone()
         assert row is not None, "no scheduler holds the tick lock"
-        admin.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        admin.execute("SELECT pg_terminate_backend(%s, 10000)", (row[0],))
         return int(row[0])
 
 

@@ -44,8 +44,12 @@ def lock_backend_pid(lock: LeaderLock) -> int:
 
 
 def terminate(pid: int) -> None:
+    """Kill one backend and wait until it has exited, so the advisory locks it held are free.
+
+    Without the wait a successor may try the lock while the dying backend still holds it.
+    """
     with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
 
 
 def count(db: Database, table: object) -> int:
