@@ -187,8 +187,11 @@ def smooth_prices(
     # less than the typical cost, e.g. cheap models whose capacity prices make them nearly
     # interchangeable), the prices at FINE_TAU are off by about tau, and the hard choices at them
     # overfill capacity by hundreds of jobs: more than the core LP can absorb. Cool further while
-    # that misfit is large and falls, keeping the best prices seen (a stage that goes astray is
-    # dropped, and ends the cooling: the next would start where it did).
+    # that misfit is large, keeping the best prices seen. A stage that does not improve is
+    # dropped but does not end the cooling unless it went far astray (twice the best misfit):
+    # the next, cooler stage often gets there (the ample tick benchmark's 10k window: stopping
+    # at the first stage that did not improve left the core LP to grow from 300 to 4,600 jobs,
+    # 0.2 s to 0.55 s).
     best_y, best_misfit = y, _misfit(problem, coeff, scale, capacity, y)
     tau = FINE_TAU
     limit = max(MISFIT_JOBS, MISFIT_FRACTION * n)
@@ -196,9 +199,10 @@ def smooth_prices(
         tau /= TAU_STEP
         y = _refit(problem, coeff, scale, capacity, y, tau, whole)
         misfit = _misfit(problem, coeff, scale, capacity, y)
-        if misfit >= best_misfit:
+        if misfit < best_misfit:
+            best_y, best_misfit = y, misfit
+        elif misfit > 2 * best_misfit:
             break
-        best_y, best_misfit = y, misfit
     return best_y * scale
 
 
