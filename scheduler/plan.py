@@ -37,6 +37,9 @@ class WindowJob:
     tenant: str = "default"                      # who submitted it
     tenant_weight: float = 1.0                   # the tenant's share of scarce capacity, relative to others'
     tenant_budget_left_usd: float | None = None  # the tenant's spend cap minus what it spent and reserved
+    # Place it in this plan whenever any model can take it (an infinite deferral penalty): replay
+    # routes every job of a window at once, as a batch with no later tick would need.
+    must_place: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,16 @@ class ModelState:
 
 
 @dataclass(frozen=True)
+class Escalation:
+    """One step of a cascade: stop if the best answer so far has a post-hoc p
+    (scheduler/predictor/posthoc.py) of at least ``accept_at``, else run the job on ``next_model``
+    too and keep the best judged answer. ``accept_at`` above 1 always runs it (a second opinion)."""
+
+    accept_at: float
+    next_model: str
+
+
+@dataclass(frozen=True)
 class Assignment:
     job_id: str
     model: str
@@ -59,6 +72,7 @@ class Assignment:
     reason: str
     exploring: bool = False   # sent to try a little-tried model: no promise, so the promise check skips it
     late: bool = False        # no model can meet its deadline: sent to the fastest eligible one
+    cascade: tuple[Escalation, ...] = ()   # what to do with the answer (empty: accept it as it is)
 
 
 class Ending(str, enum.Enum):

@@ -6,6 +6,10 @@ cost cap, its deadline) and hands the rest to the constrained optimizer (cheapes
 each batch's mean-quality target alpha within each model's free capacity). Every assignment and
 every deferral carries a reason a person can read. How urgent each waiting job is (the cost of
 deferring it) is scheduler/urgency.py's, shared with the tick's choice of window.
+
+With a ``CascadeModel`` (scheduler/cascade.py) the optimizer also sees cascade strategies ("run a
+cheap model, escalate if the post-hoc p of its answer is low") as extra columns, and an assignment
+may carry its escalation steps as data (``Assignment.cascade``).
 """
 from __future__ import annotations
 
@@ -16,11 +20,12 @@ from typing import Protocol
 
 import numpy as np
 
+from scheduler.cascade import CascadeModel
 from scheduler.estimates import WindowEstimates, estimate_window, free_capacity, seconds_until
 from scheduler.fleet import Fleet
 from scheduler.learning.exploration import NOT_PINNED, Exploration, Feedback, restrict_to_pinned
 from scheduler.optimizer import AssignmentProblem, solve
-from scheduler.plan import Assignment, Deferral, Ending, ModelState, Plan, WindowJob
+from scheduler.plan import Assignment, Deferral, Ending, Escalation, ModelState, Plan, WindowJob
 from scheduler.urgency import deferral_penalty_usd, fair_share_penalty_usd, within_fair_share
 
 # Small windows go to the exact MILP (one job is a large share of the cost there, and HiGHS proves
@@ -72,8 +77,12 @@ class Eligibility:
 class OptimizingPolicy:
     def __init__(self, fleet: Fleet, predictor: Predictor, *, method: str = "auto", horizon_s: float = 30.0,
                  exploration: Exploration | None = None, feedback: Feedback = Feedback(),
-                 rng: np.random.Generator | None = None) -> None:
+                 rng: np.random.Generator | None = None, backend: str = "highs",
+                 time_limit_s: float | None = None, cascade: CascadeModel | None = None) -> None:
         self.fleet = fleet
+        self.cascade = cascade              # None: direct models only; else cascade strategies as columns too
+        self.backend = backend              # the exact MILP's backend (optimizer.solve)
+        self.time_limit_s = time_limit_s    # None: EXACT_TIME_LIMIT_S for exact, 60 s for fast
         self.predictor = predictor
         self.method = method
         self.horizon_s = horizon_s
@@ -111,17 +120,21 @@ class OptimizingPolicy:
         inside_share = within_fair_share([j.tenant for j in live], {j.tenant: j.tenant_weight for j in live},
                                          np.asarray(eligibility.mask.any(axis=1)), base_penalty, usable_slots)
         penalty = fair_share_penalty_usd(base_penalty, inside_share)
+        penalty = np.where([j.must_place for j in live], np.inf, penalty)
         # The promise check: where recent outcomes fell short of the predicted p, ask for more.
         alpha = np.minimum(alpha + self.feedback.promise_gap, 1.0)
+        columns = _Columns(est.cost_usd, est.p_success, capacity, restrict_to_pinned(eligibility.mask, pinned))
+        if self.cascade is not None:
+            columns = _with_cascades(columns, self.cascade, live, est, pinned)
         problem = AssignmentProblem(
-            cost_usd=est.cost_usd, p_success=est.p_success, capacity=capacity,
-            eligible=restrict_to_pinned(eligibility.mask, pinned),
-            group=group, alpha=alpha, deferral_penalty_usd=penalty)
+            cost_usd=columns.cost_usd, p_success=columns.p_success, capacity=columns.capacity,
+            eligible=columns.eligible, group=group, alpha=alpha, deferral_penalty_usd=penalty)
         method = self.method
         if method == "auto":
             method = "exact" if len(live) <= EXACT_MAX_JOBS else "fast"
-        solution = solve(problem, method=method, time_limit_s=EXACT_TIME_LIMIT_S if method == "exact" else 60.0)
-        chosen, over_budget = _within_budgets(live, solution.model_index, est.cost_usd)
+        time_limit_s = self.time_limit_s or (EXACT_TIME_LIMIT_S if method == "exact" else 60.0)
+        solution = solve(problem, method=method, backend=self.backend, time_limit_s=time_limit_s)
+        chosen, over_budget = _within_budgets(live, solution.model_index, columns.cost_usd)
         assignments, deferrals = [], list(expired)
         reasons = _Reasons(est, eligibility, self.fleet, pinned, self.feedback.promise_gap)
         names = self.fleet.names
@@ -134,6 +147,9 @@ class OptimizingPolicy:
             elif late_list[i] and job.expire_on_deadline_miss:
                 deferrals.append(Deferral(job.id, "no model can finish before the deadline; expired as asked",
                                           Ending.EXPIRED))
+            elif j >= len(names):
+                assignments.append(_cascade_assignment(job, i, j - len(names), columns, self.cascade, names,
+                                                       reasons.constraint(job)))
             elif j >= 0:
                 assignments.append(Assignment(
                     job.id, names[j], reasons.p[i][j], reasons.cost[i][j], reasons(i, j, job),
@@ -152,6 +168,7 @@ class OptimizingPolicy:
                                                                                        strict=True)),
                            f"exploring {int((pinned != NOT_PINNED).sum())} jobs; promise margin "
                            f"+{self.feedback.promise_gap:.3f}",
+                           *([f"cascade strategies offered: {columns.num_cascades}"] if self.cascade else []),
                            *_budget_notes(live),
                            *solution.relaxations))
 
@@ -284,17 +301,78 @@ class _Reasons:
             else:
                 ratio = cost[k] / max(cost[j], 1e-12)
                 alternatives.append(f"{names[k]} p={p[k]:.2f} {ratio:.1f}x cost")
-        constraint = f"floor {job.min_quality:.2f}" if job.min_quality is not None else "no floor"
-        if job.batch_alpha is not None:
-            constraint += f", batch mean >= {job.batch_alpha:.2f}"
-            if self.promise_gap > 0:
-                constraint += f" (+{self.promise_gap:.2f} promise margin)"
+        constraint = self.constraint(job)
         if self.pinned[i] == j:
             return (f"exploring: {names[j]} has too few outcome labels, so this job was chosen to try it "
                     f"(budgeted share of the window): {text}")
         late = "; WILL MISS DEADLINE: fastest eligible model" if self.late[i] else ""
         return f"cheapest plan meeting {constraint} within capacity: {text}" + (
             f" — {'; '.join(alternatives)}" if alternatives else "") + late
+
+    def constraint(self, job: WindowJob) -> str:
+        constraint = f"floor {job.min_quality:.2f}" if job.min_quality is not None else "no floor"
+        if job.batch_alpha is not None:
+            constraint += f", batch mean >= {job.batch_alpha:.2f}"
+            if self.promise_gap > 0:
+                constraint += f" (+{self.promise_gap:.2f} promise margin)"
+        return constraint
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """The optimizer's columns: the M fleet models, then any cascade strategies."""
+
+    cost_usd: np.ndarray       # (N, M + S) expected cost
+    p_success: np.ndarray      # (N, M + S) expected quality
+    capacity: np.ndarray       # (M + S,)
+    eligible: np.ndarray       # (N, M + S)
+    escalate_p: np.ndarray | None = None   # (N, S) the chance a cascade column's second model runs
+
+    @property
+    def num_cascades(self) -> int:
+        return 0 if self.escalate_p is None else int(self.escalate_p.shape[1])
+
+
+def _with_cascades(columns: _Columns, cascade: CascadeModel, jobs: Sequence[WindowJob], est: WindowEstimates,
+                   pinned: np.ndarray) -> _Columns:
+    """``columns`` plus one column per cascade strategy (scheduler/cascade.py): expected cost (each
+    of its models' cost times the chance it runs), expected final quality. A strategy is offered to
+    a job only where each of its models is eligible for it on its own, all of them together fit its
+    cost caps, it has no deadline (escalations run in later ticks) and it is not exploring; and only
+    when its first model's free capacity covers the whole window, because a column has one
+    capacity row: the first model's slot now (an escalation competes for capacity when it comes
+    back)."""
+    if len(cascade.model_names) != est.cost_usd.shape[1] or not cascade.strategies:
+        return columns
+    n = est.cost_usd.shape[0]
+    quality, runs = cascade.estimate(est.p_success)
+    models = [list(strategy.models) for strategy in cascade.strategies]
+    cost = np.column_stack([(run * est.cost_usd[:, ms]).sum(axis=1) for run, ms in zip(runs, models, strict=True)])
+    worst_cost = np.column_stack([est.cost_usd[:, ms].sum(axis=1) for ms in models])
+    all_eligible = np.column_stack([columns.eligible[:, ms].all(axis=1) for ms in models])
+    first = np.array([strategy.first for strategy in cascade.strategies])
+    floor = np.array([job.min_quality if job.min_quality is not None else 0.0 for job in jobs])
+    cap = np.array([min(np.inf if limit is None else limit for limit in
+                        (job.max_cost_usd, job.batch_budget_left_usd, job.tenant_budget_left_usd)) for job in jobs])
+    plain = np.array([job.deadline_at is None for job in jobs]) & (pinned == NOT_PINNED)
+    eligible = (all_eligible & plain[:, None] & (quality >= floor[:, None]) & (worst_cost <= cap[:, None])
+                & (columns.capacity[first] >= n)[None, :])
+    escalate = np.column_stack([run[:, 1] for run in runs])
+    return _Columns(np.hstack([columns.cost_usd, cost]), np.hstack([columns.p_success, np.clip(quality, 0.0, 1.0)]),
+                    np.concatenate([columns.capacity, np.full(len(first), n, dtype=columns.capacity.dtype)]),
+                    np.hstack([columns.eligible, eligible]), escalate)
+
+
+def _cascade_assignment(job: WindowJob, i: int, s: int, columns: _Columns, cascade: CascadeModel | None,
+                        names: Sequence[str], constraint: str) -> Assignment:
+    assert cascade is not None and columns.escalate_p is not None
+    strategy = cascade.strategies[s]
+    j = len(names) + s
+    quality, cost = float(columns.p_success[i, j]), float(columns.cost_usd[i, j])
+    reason = (f"cascade: {cascade.describe(s, names)} (expected p={quality:.2f}, P(second model runs)="
+              f"{columns.escalate_p[i, s]:.2f}, est ${cost:.6f}); cheapest plan meeting {constraint} within capacity")
+    steps = tuple(Escalation(t, names[nxt]) for nxt, t in zip(strategy.models[1:], strategy.accept_at, strict=True))
+    return Assignment(job.id, names[strategy.first], quality, cost, reason, cascade=steps)
 
 
 def _budget_notes(jobs: Sequence[WindowJob]) -> list[str]:

@@ -42,6 +42,9 @@ def replay(
     refine_steps: Annotated[int, typer.Option(min=0, max=20, help="Bisection steps on alpha where each policy's "
                                                                  "curve first reaches the best model (0 = the "
                                                                  "swept alphas only).")] = 6,
+    cascade: Annotated[bool, typer.Option("--cascade", help="Add the switchyard-cascade curve: the policy may run a "
+                                                            "cheap model first and escalate on the post-hoc p of "
+                                                            "its answer (needs logged answers).")] = False,
     online: Annotated[bool, typer.Option("--online", help="Learn online from bandit feedback on the test "
                                                           "stream, starting from the train split.")] = False,
     cold: Annotated[bool, typer.Option("--cold", help="Online, starting with no training data at all.")] = False,
@@ -92,7 +95,7 @@ def replay(
         solver=SolverChoice(method, backend, time_limit_s),
         eccos_solver=SolverChoice("exact", "cbc", time_limit_s),
         assumed_output_tokens=assumed_output_tokens, margin=margin, use_tasks=use_task,
-        shuffle=shuffle, seed=seed, refine_steps=refine_steps,
+        shuffle=shuffle, seed=seed, refine_steps=refine_steps, cascade=cascade,
     )
     err = Console(stderr=True)
     try:
@@ -211,17 +214,24 @@ def _print_summary(report: object) -> None:
     best = report.best_single
     table = Table(title=f"{report.dataset}: train {report.n_train}, test {report.n_test}; best single "
                         f"{best.model} quality {best.quality:.3f} at ${best.cost_usd:.4g}")
-    for col in ("policy", "points", "best quality", "reach-best cost share", "alpha met", "area"):
+    for col in ("policy", "points", "best quality", "reach-best cost share", "alpha met", "area", "models/job",
+                "escalated"):
         table.add_column(col, justify="left" if col == "policy" else "right")
+    runs = report.details.get("models_run_at_reach_best", {})
     for name, points in report.policies.items():
         reach = report.reach_best.get(name)
         met = report.alpha_met_rate.get(name)
+        run = runs.get(name, {"models_run_per_job": 1.0, "share_escalated": 0.0})
         table.add_row(
             name, str(len(points)), f"{max(p.quality for p in points):.3f}",
             "-" if reach is None else f"{reach:.1%}", "-" if met is None else f"{met:.0%}",
-            f"{report.area_under_curve.get(name, 0.0):.3f}",
+            f"{report.area_under_curve.get(name, 0.0):.3f}", f"{run['models_run_per_job']:.2f}",
+            f"{run['share_escalated']:.0%}",
         )
-    Console().print(table)
+    Console(width=max(Console().width, 120)).print(table)
+    if runs:
+        Console().print("models/job, escalated: at the reach-best point, or the best-quality one if the curve "
+                        "never reaches the best model (1 and 0% for policies that do not cascade)")
 
 
 def convert(

@@ -5,7 +5,7 @@ Two effects make realised quality fall short of the predicted mean the optimizer
 1. *Selection bias* (the optimizer's curse): the optimizer favours a cheap model exactly where its
    p is over-estimated, so even a calibrated p is optimistic on the jobs it picks. We measure this
    by cross-validation on the training split: fit the predictor on K-1 folds, route the held-out
-   fold with the optimizer at several alphas, and average (mean predicted p of the chosen models -
+   fold with the production policy (a simulated fleet, as the replay itself) at several alphas, and average (mean predicted p of the chosen models -
    realised score). Measuring against the predicted mean, not alpha, keeps slack windows (where
    the cheapest model already beats alpha) from hiding a bias. Test data is never touched.
 2. *Sampling noise*: H jobs realise their mean with standard deviation about sqrt(a(1-a)/H), so
@@ -24,8 +24,8 @@ from sklearn.model_selection import KFold
 from scheduler.datasets.costing import OutcomeMatrix
 from scheduler.datasets.records import ModelPrice
 from scheduler.predictor import make_predictor
-from scheduler.replay.costs import decision_cost_usd
-from scheduler.replay.policies import SolverChoice, ilp_policy
+from scheduler.replay.policies import SolverChoice
+from scheduler.replay.simulated_fleet import PolicyRouter, simulated_fleet
 
 DEFAULT_Z = 1.645
 
@@ -70,12 +70,16 @@ def cross_validated_bias(
         predictor = make_predictor(predictor_name).fit(
             fit.prompts, fit.scores, fit.output_tokens, fit.models, tasks=fit.tasks if use_tasks else None)
         pred = predictor.predict(held.prompts, tasks=held.tasks if use_tasks else None)
-        cost = decision_cost_usd(held, fit, prices, pred.output_tokens, assumed_output_tokens)
         order = rng.permutation(len(held.ids))
-        p, c, s = pred.p_success[order], cost[order], held.scores[order]
+        p, s = pred.p_success[order], held.scores[order]
+        tokens = (pred.output_tokens[order] if pred.output_tokens is not None
+                  else np.full(p.shape, float(assumed_output_tokens)))
+        # The production policy on a simulated fleet priced from this fold, as the replay routes.
+        router = PolicyRouter(simulated_fleet(held.models, prices, fit, window), [held.ids[i] for i in order],
+                              [held.prompts[i] for i in order], p, tokens, solver, window)
         rates = np.nanmean(fit.scores, axis=0)
         for alpha in _alphas(rates, num_alphas):
-            pick = ilp_policy(p, c, alpha, window, solver)
+            pick = router.route(alpha)
             rows = np.arange(len(pick))
             shortfalls.append(float(p[rows, pick].mean() - s[rows, pick].mean()))
         if on_step is not None:

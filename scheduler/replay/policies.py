@@ -6,6 +6,10 @@ a model gets right). Every other policy sees predictions and decision costs alon
 The ILP policies cut the arrival stream into windows of N jobs and ask the real optimizer
 (``scheduler.optimizer.solve``) for the cheapest assignment whose mean predicted success in the
 window is at least alpha -- the same call the scheduling tick makes.
+
+``ilp_policy`` serves the *baselines* (oracle, task-oracle, ECCOS's ILP) and the online replay;
+the ``switchyard`` curve of the offline replay is the production ``OptimizingPolicy`` on a
+simulated fleet (:mod:`scheduler.replay.simulated_fleet`), not this function.
 """
 from __future__ import annotations
 

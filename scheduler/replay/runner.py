@@ -5,6 +5,11 @@ stream is) and are routed in windows of ``window`` jobs. Policies see only predi
 decision costs (:mod:`scheduler.replay.costs`); realised scores and costs are used to score them.
 Test rows where some model was not observed cannot be scored for every policy and are dropped
 (counted in ``details``).
+
+The ``switchyard`` curve is the production decision: each window is one
+``OptimizingPolicy.plan`` call on a simulated fleet (:mod:`scheduler.replay.simulated_fleet`).
+The oracles and ECCOS's ILP are baselines, not product claims: they call the optimizer directly
+through :func:`scheduler.replay.policies.ilp_policy`.
 """
 from __future__ import annotations
 
@@ -19,9 +24,11 @@ from scheduler.datasets.records import OutcomeDataset, Split
 from scheduler.errors import InvalidRequest
 from scheduler.predictor import Prediction, Predictor, calibration_report, make_predictor
 from scheduler.replay import policies as pol
+from scheduler.replay.cascade_replay import CascadeFit, fit_cascade, run_plans
 from scheduler.replay.costs import decision_cost_usd
 from scheduler.replay.frontier import DEFAULT_REFINE_STEPS, refine_reach_best
 from scheduler.replay.margin import DEFAULT_Z, SafetyMargin, cross_validated_bias
+from scheduler.replay.simulated_fleet import PolicyRouter, simulated_fleet
 from scheduler.replay.report import BestSingle, PolicyPoint, ReplayReport, make_point
 
 Progress = Callable[[str, int, int], None]   # (what is running now, steps done, steps in all)
@@ -46,6 +53,8 @@ class ReplayConfig:
     shuffle: bool = True
     seed: int = 0
     refine_steps: int = DEFAULT_REFINE_STEPS   # bisection steps where a curve first reaches the best model (frontier.py)
+    cascade: bool = False     # add the switchyard-cascade curve (needs logged answers; cascade_replay.py)
+    posthoc: str = "posthoc"  # the post-hoc estimator the cascade reads answers with
 
 
 ALPHA_STEP = 0.005
@@ -75,6 +84,9 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
     """Run every policy on ``dataset``'s test split and return the report (see module doc)."""
     t0 = time.perf_counter()
     train, test, dropped = split_matrices(dataset)
+    if config.cascade and (train.responses is None or test.responses is None):
+        raise ReplayError(f"{dataset.name} logs no answers (outcomes[MODEL].response): there is no cascade to "
+                          "replay (--cascade needs them; RouterBench and RouteLLM GSM8K have them)")
     n, m = test.scores.shape
     order = np.random.default_rng(config.seed).permutation(n) if config.shuffle else np.arange(n)
     scores = test.scores[order]
@@ -88,7 +100,7 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
     oracle_pick = pol.oracle_best(scores, real_cost)
     oracle_q = float(scores[rows, oracle_pick].mean())
     alphas = list(config.alphas) if config.alphas else sweep_alphas(single_q.tolist(), oracle_q)
-    total_steps = 2 + len(alphas)
+    total_steps = 2 + len(alphas) + int(config.cascade)
     done = 0
 
     def say(message: str, advance: int = 0) -> None:
@@ -113,7 +125,6 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
         fit_s[name] = time.perf_counter() - start
     ours, eccos = preds[config.predictor], preds["eccos-r"]
     test_perm = test.subset(order)
-    cost_ours = decision_cost_usd(test_perm, train, dataset.prices, ours.output_tokens, config.assumed_output_tokens)
     cost_eccos = decision_cost_usd(test_perm, train, dataset.prices, eccos.output_tokens, config.assumed_output_tokens)
     say("predictors fitted", 1)
 
@@ -140,26 +151,55 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
 
     tasks_in_order = [test.tasks[i] for i in order]
     test_task_rates = pol.task_rates(scores, tasks_in_order)
+    # Ours is the production policy on a simulated fleet (simulated_fleet.py); the oracles and
+    # ECCOS's ILP are baselines and call the optimizer directly (policies.ilp_policy).
+    ours_tokens = ours.output_tokens if ours.output_tokens is not None else np.full(
+        (n, m), float(config.assumed_output_tokens))
+    production = PolicyRouter(simulated_fleet(test.models, dataset.prices, train, config.window), test_perm.ids,
+                              test_perm.prompts, ours.p_success, ours_tokens, config.solver, config.window)
     routers: dict[str, Callable[[float], np.ndarray]] = {   # alpha -> chosen model per job
         "oracle": lambda a: pol.ilp_policy(scores, real_cost, a, config.window, config.solver),
         "task-oracle": lambda a: pol.ilp_policy(test_task_rates, real_cost, a, config.window, config.solver),
         "eccos-r-rule": lambda a: pol.eccos_rule(eccos.p_success, cost_eccos, a),
         "eccos-ilp": lambda a: pol.ilp_policy(eccos.p_success, cost_eccos, a, config.window, config.eccos_solver),
-        "switchyard": lambda a: pol.ilp_policy(
-            ours.p_success, cost_ours, min(a + margin(a), 1.0), config.window, config.solver),
+        "switchyard": lambda a: production.route(min(a + margin(a), 1.0)),
     }
 
-    def curve(route: Callable[[float], np.ndarray]) -> Callable[[float], PolicyPoint]:
+    def curve(evaluate: Callable[[float], PolicyPoint]) -> Callable[[float], PolicyPoint]:
         """The policy's point at an alpha, each alpha routed once (the two bisections may share)."""
         routed: dict[float, PolicyPoint] = {}
 
         def at_alpha(alpha: float) -> PolicyPoint:
             if alpha not in routed:
-                routed[alpha] = point(alpha, route(alpha))
+                routed[alpha] = evaluate(alpha)
             return routed[alpha]
         return at_alpha
 
-    curves = {name: curve(route) for name, route in routers.items()}
+    def routed_by(route: Callable[[float], np.ndarray]) -> Callable[[float], PolicyPoint]:
+        return lambda alpha: point(alpha, route(alpha))
+
+    curves = {name: curve(routed_by(route)) for name, route in routers.items()}
+    cascade_stats: dict[float, dict[str, float]] = {}
+    cascade: CascadeFit | None = None
+    if config.cascade:
+        say("fitting the cascade model on train (ex-ante and post-hoc cross-fits)")
+        observed_cost = np.where(np.isnan(train.scores), np.nan,
+                                 realised_cost_usd(train, dataset.prices, config.assumed_output_tokens))
+        cascade = fit_cascade(train, test_perm, ours.p_success, config.predictor, np.nanmean(observed_cost, axis=0),
+                              use_tasks=config.use_tasks, folds=config.cv_folds, seed=config.seed,
+                              posthoc=config.posthoc)
+        cascading = PolicyRouter(production.fleet, test_perm.ids, test_perm.prompts, ours.p_success, ours_tokens,
+                                 config.solver, config.window, cascade=cascade.model)
+        fitted = cascade
+
+        def cascade_point(alpha: float) -> PolicyPoint:
+            plans = cascading.plans(min(alpha + margin(alpha), 1.0))
+            run = run_plans(plans, test_perm.ids, cascading.column, fitted.test, scores, real_cost)
+            cascade_stats[alpha] = run.summary()
+            return make_point(alpha, float(run.score.mean()), float(run.cost_usd.sum()), best.cost_usd)
+
+        curves["switchyard-cascade"] = curve(cascade_point)
+        say("cascade model fitted", 1)
     if config.refine_steps:
         total_steps += len(curves)
     for name in curves:
@@ -197,7 +237,41 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
         "fit_and_predict_s": fit_s,
         "total_s": time.perf_counter() - t0,
     }
+    if cascade is not None:
+        report.details["cascade"] = _cascade_details(report, cascade, cascade_stats)
+    # Models run per job and share escalated, at the point a policy is judged by (1 and 0 unless
+    # it cascades): for cascade policies these are what its figures cost in extra model runs.
+    single_run = {"models_run_per_job": 1.0, "share_escalated": 0.0}
+    report.details["models_run_at_reach_best"] = {name: dict(single_run) for name in report.policies}
+    if cascade is not None:
+        report.details["models_run_at_reach_best"]["switchyard-cascade"] = report.details["cascade"]["at_reach_best"]
     return report
+
+
+def _headline_alpha(report: ReplayReport, name: str) -> float | None:
+    """The alpha of the point where ``name``'s curve reaches the best model most cheaply, or of
+    its highest-quality point if it never does."""
+    points = report.policies[name]
+    reach = report.reach_best.get(name)
+    hits = [p for p in points if reach is not None and p.cost_share_of_best == reach]
+    if not hits:
+        hits = sorted(points, key=lambda p: (-p.quality, p.cost_usd))
+    return hits[0].alpha if hits else None
+
+
+def _cascade_details(report: ReplayReport, cascade: CascadeFit, stats: dict[float, dict[str, float]]
+                     ) -> dict[str, object]:
+    return {
+        "fit_s": cascade.fit_s,
+        "strategies": len(cascade.model.strategies),
+        "candidates": cascade.model.candidates_,
+        "thresholds": list(cascade.model.thresholds),
+        "offered": [{"strategy": cascade.model.describe(s), "train_mean_cost_usd": c, "train_quality": q}
+                    for s, (c, q) in enumerate(cascade.model.train_means_)],
+        "margin": "the switchyard curve's (CV bias of direct routing + noise)",
+        "points": [{"alpha": a, **stats[a]} for a in sorted(stats)],
+        "at_reach_best": stats.get(_headline_alpha(report, "switchyard-cascade") or -1.0),
+    }
 
 
 def _jsonable(value: object) -> object:
