@@ -17,6 +17,15 @@ from scheduler.fleet import Fleet
 
 
 @dataclass(frozen=True)
+class Escalation:
+    """One step of a cascade: after the models so far have answered, stop if the best answer's
+    post-hoc p (scheduler/predictor/posthoc.py) is at least ``accept_at``, else run ``next_model``."""
+
+    accept_at: float
+    next_model: str
+
+
+@dataclass(frozen=True)
 class WindowJob:
     """What the policy needs to know about one pending job (no database types)."""
 
@@ -37,6 +46,13 @@ class WindowJob:
     tenant: str = "default"                      # who submitted it
     tenant_weight: float = 1.0                   # the tenant's share of scarce capacity, relative to others'
     tenant_budget_left_usd: float | None = None  # the tenant's spend cap minus what it spent and reserved
+    # A job back from a cascade step (its answers so far were judged too weak): it must run
+    # ``escalate_to`` next, then follow ``cascade_rest``; its quality was promised when its cascade
+    # was planned, so it does not count towards its batch's alpha again.
+    escalate_to: str | None = None
+    cascade_rest: tuple[Escalation, ...] = ()
+    models_run: tuple[str, ...] = ()
+    cascade_allowed: bool = True                 # False (the job's or its batch's ``cascade: false``): one model only
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,11 @@ class ModelState:
 
 @dataclass(frozen=True)
 class Assignment:
+    """A job's model for this tick. With ``cascade``, the model's answer is judged before it is
+    accepted, and a weak one escalates to the next model of the cascade (the job returns to the
+    window with that model pinned); ``predicted_quality`` and ``predicted_cost_usd`` are then the
+    whole cascade's expectations (every model run counted), ``reason`` says why."""
+
     job_id: str
     model: str
     predicted_quality: float
@@ -59,6 +80,7 @@ class Assignment:
     reason: str
     exploring: bool = False   # sent to try a little-tried model: no promise, so the promise check skips it
     late: bool = False        # no model can meet its deadline: sent to the fastest eligible one
+    cascade: tuple[Escalation, ...] = ()   # () = the answer is accepted as it is
 
 
 class Ending(str, enum.Enum):
