@@ -31,6 +31,7 @@ from scheduler.storage.window import committed_spend
 from scheduler.tick import Policy, TickReport, run_tick
 from tests.conftest import bearer, create_api_key, make_settings
 from tests.integration.tickkit import register_workers
+from workers.backends.base import GenerationRequest, GenerationResult
 from workers.backends.echo import EchoBackend
 from workers.runner import BatchRunner
 
@@ -309,3 +310,35 @@ def test_a_batch_spend_cap_counts_every_attempt(
     assert scheduler.review_answers().accepted == 1
     first, second = attempts(pg_db, job_id)
     assert spent() == pytest.approx(first.cost_usd + second.cost_usd) == pytest.approx(job_row(pg_db, job_id).cost_usd)
+
+
+class BrokenEcho(EchoBackend):
+    """The echo double with an engine that fails every request (a model that hangs or crashes)."""
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        raise RuntimeError("engine crashed")
+
+
+def test_an_escalation_that_cannot_run_accepts_the_earlier_answer(
+        pg_db: Database, fleet: Fleet, settings: Settings, learner: Learner) -> None:
+    fit_judge(pg_db, fleet, settings, learner)
+    scheduler = Scheduler(settings, pg_db, fleet, default_policy(fleet, settings), dispatcher=None, learner=learner)
+    policy = CascadingPolicy(default_policy(fleet, settings), FORCE_ESCALATION)
+    job_id = submit(pg_db, "name a colour: blue")
+    run_workers(pg_db, fleet, tick(pg_db, fleet, settings, policy))
+    assert scheduler.review_answers().escalated == 1
+    [dispatch] = tick(pg_db, fleet, settings, policy).dispatches
+    spec = fleet.get(BIG)
+    # big fails on its last allowed run (max_attempts counts the runs of this step only)
+    BatchRunner(ResultStore(pg_db), BrokenEcho(spec), spec, "big@test:1", run_lease_s=60, max_attempts=1,
+                clock=utcnow).run(dispatch.dispatch_id, list(dispatch.job_ids))
+    job = job_row(pg_db, job_id)
+    assert (job.status, job.cascade) == (JobStatus.REVIEWING, None)
+    assert scheduler.review_answers().accepted == 1
+    job = job_row(pg_db, job_id)
+    first, failed = attempts(pg_db, job_id)
+    assert (job.status, job.accepted_attempt, job.result_text) == (JobStatus.SUCCEEDED, 1, "name a colour: blue")
+    assert (failed.model, failed.answer, failed.decision) == (BIG, None, "failed")
+    assert (failed.reason or "").startswith("failed (RuntimeError: engine crashed); the best earlier answer")
+    assert first.decision == "accepted" and "accepted after all" in (first.reason or "")
+    assert job.cost_usd == pytest.approx(first.cost_usd)
