@@ -134,7 +134,7 @@ def _max_pending_field(default_text: str) -> Any:
 
 # Fields added after the first release: left out of the request hash while unset, so a retry
 # that spans an upgrade still matches what its first attempt created.
-_HASHED_ONLY_WHEN_SET = ("max_pending_s",)
+_HASHED_ONLY_WHEN_SET = ("max_pending_s", "cascade")
 
 
 def _request_payload(spec: BaseModel) -> dict[str, Any]:
@@ -215,6 +215,10 @@ class JobSpec(RequestModel):
     grader: Grader | None = Field(default=None, description="How to grade against reference (default contains).")
     metadata: StorableJsonObject | None = None
     idempotency_key: StorableText | None = IdempotencyKey
+    cascade: bool | None = Field(
+        default=None, description="Whether the scheduler may run a cheap model first and, when its answer is "
+        "judged weak, escalate to a stronger one (every attempt is kept and shown). false: one model, its answer "
+        "accepted as it is. Default: the batch's cascade, else true.")
 
     @model_validator(mode="after")
     def _one_prompt(self) -> JobSpec:
@@ -297,6 +301,8 @@ class BatchSpec(RequestModel):
     max_cost_usd: float | None = Field(default=None, gt=0.0, description="Spend cap for the whole batch.")
     max_pending_s: float | None = _max_pending_field("the server's setting; a job's own max_pending_s wins")
     idempotency_key: StorableText | None = IdempotencyKey
+    cascade: bool | None = Field(
+        default=None, description="Whether its jobs may cascade (a job's own cascade wins; default true).")
 
     def request_hash(self) -> str:
         return _request_hash(self)

@@ -6,8 +6,9 @@ connection or a failed tick is logged and retried, backing off from ``tick_inter
 ``outage_retry_max_s``, and leadership is given up (and re-taken under a new epoch) whenever it
 may have been lost, so a stale leader never commits (scheduler/storage/leader.py).
 
-Between ticks the leader does the upkeep that keeps each tick small: it scores the next window's
-jobs ahead of time, re-plans jobs whose broker message was lost, and prunes old decision history.
+Between ticks the leader does the upkeep that keeps each tick small: it reviews the answers of
+cascade steps (accept, or escalate to the next model), scores the next window's jobs ahead of
+time, re-plans jobs whose broker message was lost, and prunes old decision history.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -29,9 +30,11 @@ from scheduler.learning.learner import Learner
 from scheduler.lost_messages import BrokerAudit, LostMessageSweep
 from scheduler.metrics import MetricsServer, SchedulerMetrics, new_registry, serve_metrics
 from scheduler.policy import OptimizingPolicy
+from scheduler.review import JobUnderReview, Verdict, review
 from scheduler.settings import Settings
 from scheduler.storage import Database, FleetStore, WindowStore, utcnow
 from scheduler.storage.leader import LeaderLock, LeaderTerm
+from scheduler.storage.reviews import ReviewCounts, ReviewStore
 from scheduler.tick import Dispatcher, Policy, TickReport, run_tick
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 # between ticks, never a long delete inside one).
 PRUNE_INTERVAL_S = 60.0
 PRUNE_MAX_ROWS = 20_000
+# Most jobs awaiting review (a cascade step's answer) judged per upkeep: the rest wait for the next.
+REVIEW_MAX_JOBS = 256
 
 
 def default_policy(fleet: Fleet, settings: Settings) -> OptimizingPolicy:
@@ -62,6 +67,7 @@ class Scheduler:
         self.learner = learner
         self.metrics = metrics
         self.window_store = WindowStore(db)
+        self.reviews = ReviewStore(db)
         self.lost_messages = LostMessageSweep(self.window_store, broker_audit, settings.broker_audit_interval_s)
         self._exploration_rng = np.random.default_rng()   # which jobs explore: fresh draws every tick
         self._last_window_jobs = settings.window_min_jobs
@@ -122,6 +128,7 @@ class Scheduler:
         """The leader's work between ticks. Each step only saves later work, so a failure is
         logged and never costs the leadership this process holds."""
         steps: list[tuple[str, Callable[[], object]]] = [
+            ("reviewing the answers of cascade steps", lambda: self.review_answers(term)),
             ("scoring the next window's jobs", self.prescore),
             ("checking queued jobs' messages on the broker", lambda: self._replan_lost_messages(term)),
             ("pruning old decision history", self._prune_if_due),
@@ -132,6 +139,26 @@ class Scheduler:
                 step()
             except Exception as exc:  # noqa: BLE001
                 log.warning("%s failed (retried later): %s", what, exc)
+
+    def review_answers(self, term: LeaderTerm | None = None, limit: int = REVIEW_MAX_JOBS) -> ReviewCounts:
+        """Judge the answers of up to ``limit`` jobs awaiting review with the learner's current
+        answer judge, then accept the best answer or escalate to the cascade's next model
+        (scheduler/review.py). Without a fitted judge nothing escalates."""
+        judge, version = self.learner.judge() if self.learner is not None else (None, None)
+        predictor = self.learner.predictor() if self.learner is not None else FleetPredictor(self.fleet, None, None)
+        names = self.fleet.names
+
+        def decide(jobs: Sequence[JobUnderReview]) -> list[Verdict]:
+            # Each answering model's ex-ante p, as the tick saw it (the prediction cache has most).
+            p = predictor.predict([job.prompt_text for job in jobs], keys=[job.job_id for job in jobs]).p_success
+            return [review(job, judge, {name: float(p[i, k]) for k, name in enumerate(names)}, version)
+                    for i, job in enumerate(jobs)]
+
+        counts = self.reviews.review(limit, utcnow(), decide, term)
+        if counts.reviewed:
+            log.info("reviewed %d answer(s): %d accepted, %d escalated (judge %s)", counts.reviewed,
+                     counts.accepted, counts.escalated, version or "none: nothing escalates")
+        return counts
 
     def _replan_lost_messages(self, term: LeaderTerm) -> None:
         replanned = self.lost_messages.run_if_due(utcnow(), term)

@@ -17,6 +17,17 @@ from scheduler.fleet import Fleet
 
 
 @dataclass(frozen=True)
+class Escalation:
+    """One step of a cascade: after the models so far have answered, stop if the best answer's
+    post-hoc p (scheduler/predictor/posthoc.py) is at least ``accept_at``, else run the job on
+    ``next_model`` too; the best judged answer is kept. ``accept_at`` above 1 always runs it (a
+    second opinion)."""
+
+    accept_at: float
+    next_model: str
+
+
+@dataclass(frozen=True)
 class WindowJob:
     """What the policy needs to know about one pending job (no database types)."""
 
@@ -37,6 +48,13 @@ class WindowJob:
     tenant: str = "default"                      # who submitted it
     tenant_weight: float = 1.0                   # the tenant's share of scarce capacity, relative to others'
     tenant_budget_left_usd: float | None = None  # the tenant's spend cap minus what it spent and reserved
+    # A job back from a cascade step (its answers so far were judged too weak): it must run
+    # ``escalate_to`` next, then follow ``cascade_rest``; its quality was promised when its cascade
+    # was planned, so it does not count towards its batch's alpha again.
+    escalate_to: str | None = None
+    cascade_rest: tuple[Escalation, ...] = ()
+    models_run: tuple[str, ...] = ()
+    cascade_allowed: bool = True                 # False (the job's or its batch's ``cascade: false``): one model only
     # Place it in this plan whenever any model can take it (an infinite deferral penalty): replay
     # routes every job of a window at once, as a batch with no later tick would need.
     must_place: bool = False
@@ -54,17 +72,12 @@ class ModelState:
 
 
 @dataclass(frozen=True)
-class Escalation:
-    """One step of a cascade: stop if the best answer so far has a post-hoc p
-    (scheduler/predictor/posthoc.py) of at least ``accept_at``, else run the job on ``next_model``
-    too and keep the best judged answer. ``accept_at`` above 1 always runs it (a second opinion)."""
-
-    accept_at: float
-    next_model: str
-
-
-@dataclass(frozen=True)
 class Assignment:
+    """A job's model for this tick. With ``cascade``, the model's answer is judged before it is
+    accepted, and a weak one escalates to the next model of the cascade (the job returns to the
+    window with that model pinned); ``predicted_quality`` and ``predicted_cost_usd`` are then the
+    whole cascade's expectations (every model run counted), ``reason`` says why."""
+
     job_id: str
     model: str
     predicted_quality: float
@@ -72,7 +85,7 @@ class Assignment:
     reason: str
     exploring: bool = False   # sent to try a little-tried model: no promise, so the promise check skips it
     late: bool = False        # no model can meet its deadline: sent to the fastest eligible one
-    cascade: tuple[Escalation, ...] = ()   # what to do with the answer (empty: accept it as it is)
+    cascade: tuple[Escalation, ...] = ()   # () = the answer is accepted as it is
 
 
 class Ending(str, enum.Enum):

@@ -13,6 +13,7 @@ may carry its escalation steps as data (``Assignment.cascade``).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,11 +109,15 @@ class OptimizingPolicy:
                              for j, (spec, state) in enumerate(zip(self.fleet.models, states, strict=True))])
         hosted = np.array([state.live_workers > 0 for state in states], dtype=bool)
         eligibility = _eligibility(live, self.fleet, hosted, capacity, est, now)
+        # A job back from a cascade's review runs the model its cascade names next, and nothing else.
+        eligibility, escalated = _escalations(live, self.fleet.names, eligibility, hosted, capacity, est, now)
         pinned = np.full(len(live), NOT_PINNED)
         if self.exploration is not None:
             counts = self.feedback.label_counts or (0,) * len(self.fleet.models)
             pinned = self.exploration.pin(eligibility.mask, counts, self.rng, room=capacity)
+            pinned[escalated] = NOT_PINNED
         group, alpha = _quality_groups(live)
+        group[escalated] = 0   # its quality was promised when its cascade was planned
         base_penalty = _deferral_penalty(live, est, now)
         # The slots the window's jobs can use: a model's free capacity counts only as far as jobs
         # may run there (a tenant's quota of slots nobody of it may use would be no share at all).
@@ -150,6 +155,10 @@ class OptimizingPolicy:
             elif j >= len(names):
                 assignments.append(_cascade_assignment(job, i, j - len(names), columns, self.cascade, names,
                                                        reasons.constraint(job)))
+            elif j >= 0 and job.escalate_to is not None:
+                assignments.append(Assignment(
+                    job.id, names[j], reasons.p[i][j], reasons.cost[i][j], _escalation_reason(job, reasons, i, j),
+                    late=late_list[i], cascade=job.cascade_rest if job.cascade_allowed else ()))
             elif j >= 0:
                 assignments.append(Assignment(
                     job.id, names[j], reasons.p[i][j], reasons.cost[i][j], reasons(i, j, job),
@@ -160,7 +169,7 @@ class OptimizingPolicy:
                 deferrals.append(Deferral(job.id, eligibility.blocked_by[i] or ""))
             else:
                 deferrals.append(Deferral(job.id, CAPACITY_REASON if inside_share[i] else FAIR_SHARE_REASON))
-        return Plan(tick_id, now, self.name, tuple(assignments), tuple(deferrals),
+        return Plan(tick_id, now, self.name, _no_forbidden_cascades(assignments, live), tuple(deferrals),
                     objective_usd=solution.objective_usd, lower_bound_usd=solution.lower_bound_usd,
                     solver=method, solver_status=solution.status.value, solve_s=solution.solve_time_s,
                     notes=(f"solver {solution.solver} {solution.status.value} in {solution.solve_time_s * 1e3:.1f} ms",
@@ -171,6 +180,66 @@ class OptimizingPolicy:
                            *([f"cascade strategies offered: {columns.num_cascades}"] if self.cascade else []),
                            *_budget_notes(live),
                            *solution.relaxations))
+
+
+ESCALATION_GONE_TEXT = "its cascade's next model {model} is no longer in the fleet; the best earlier answer is accepted"
+
+
+def _escalations(jobs: Sequence[WindowJob], names: Sequence[str], eligibility: Eligibility, hosted: np.ndarray,
+                 capacity: np.ndarray, est: WindowEstimates, now: dt.datetime) -> tuple[Eligibility, np.ndarray]:
+    """Restrict each job back from a cascade's review (``escalate_to``) to that one model.
+
+    The model was chosen when the cascade was planned (allow-list and floor included), so only
+    what can change since counts: a live worker, free capacity, the job's and its budgets' caps.
+    A deadline it cannot meet any more does not stop it (it runs late, as other late jobs do).
+    Returns the new eligibility and the (N,) mask of escalated jobs: their quality was promised
+    when the cascade was planned, so the caller keeps them out of their batch's alpha."""
+    escalated = np.array([job.escalate_to is not None for job in jobs], dtype=bool)
+    if not escalated.any():
+        return eligibility, escalated
+    column = {name: j for j, name in enumerate(names)}
+    mask, late = eligibility.mask.copy(), eligibility.late.copy()
+    blocked_by, never = list(eligibility.blocked_by), list(eligibility.never)
+    for i in np.flatnonzero(escalated).tolist():
+        job = jobs[i]
+        target = str(job.escalate_to)
+        mask[i] = False
+        blocked_by[i] = never[i] = None
+        if target not in column:
+            never[i] = ESCALATION_GONE_TEXT.format(model=target)
+            continue
+        j = column[target]
+        cap = min(np.inf if limit is None else limit
+                  for limit in (job.max_cost_usd, job.batch_budget_left_usd, job.tenant_budget_left_usd))
+        if not hosted[j]:
+            blocked_by[i] = f"waiting: its escalation must run on {target}, and no live worker hosts it"
+        elif capacity[j] <= 0:
+            blocked_by[i] = f"waiting: its escalation must run on {target}, which has no free capacity this tick"
+        elif est.cost_usd[i, j] > cap:
+            blocked_by[i] = (f"waiting: its escalation must run on {target}, and max_cost_usd or what is left of "
+                             "its batch's or tenant's spend cap is below that model's cost")
+        else:
+            mask[i, j] = True
+            late[i] = bool(est.finish_s[i, j] > seconds_until(job.deadline_at, now))
+    return Eligibility(mask, blocked_by, late, never), escalated
+
+
+def _escalation_reason(job: WindowJob, reasons: _Reasons, i: int, j: int) -> str:
+    ran = ", ".join(job.models_run) or "the earlier model"
+    rest = f"; then {' -> '.join(step.next_model for step in job.cascade_rest)} while still weak" \
+        if job.cascade_rest and job.cascade_allowed else ""
+    late = "; WILL MISS DEADLINE" if reasons.late[i] else ""
+    return (f"escalation: the answer of {ran} was judged too weak, so its cascade runs {job.escalate_to}{rest}: "
+            f"{reasons.names[j]} p={reasons.p[i][j]:.2f} est ${reasons.cost[i][j]:.6f} "
+            f"{reasons.latency[i][j]:.1f}s{late}")
+
+
+def _no_forbidden_cascades(assignments: Sequence[Assignment], jobs: Sequence[WindowJob]) -> tuple[Assignment, ...]:
+    """A job that may not cascade (its or its batch's ``cascade: false``) gets one model, its answer
+    accepted as it is, whatever was planned for it."""
+    forbidden = {job.id for job in jobs if not job.cascade_allowed}
+    return tuple(dataclasses.replace(a, cascade=()) if a.cascade and a.job_id in forbidden else a
+                 for a in assignments)
 
 
 def _deferral_penalty(jobs: Sequence[WindowJob], est: WindowEstimates, now: dt.datetime) -> np.ndarray:
@@ -354,7 +423,8 @@ def _with_cascades(columns: _Columns, cascade: CascadeModel, jobs: Sequence[Wind
     floor = np.array([job.min_quality if job.min_quality is not None else 0.0 for job in jobs])
     cap = np.array([min(np.inf if limit is None else limit for limit in
                         (job.max_cost_usd, job.batch_budget_left_usd, job.tenant_budget_left_usd)) for job in jobs])
-    plain = np.array([job.deadline_at is None for job in jobs]) & (pinned == NOT_PINNED)
+    plain = np.array([job.deadline_at is None and job.cascade_allowed and job.escalate_to is None
+                      for job in jobs]) & (pinned == NOT_PINNED)
     eligible = (all_eligible & plain[:, None] & (quality >= floor[:, None]) & (worst_cost <= cap[:, None])
                 & (columns.capacity[first] >= n)[None, :])
     escalate = np.column_stack([run[:, 1] for run in runs])

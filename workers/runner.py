@@ -29,13 +29,16 @@ STORAGE_RETRY_S = 120.0
 # Results of a back-to-back micro-batch are written together unless this long has passed since the
 # last write: fast jobs share one transaction, slow ones (a real LLM call) are visible at once.
 RESULT_FLUSH_S = 0.5
+# What an answer that was written leaves the job in: accepted at once, or awaiting the scheduler's
+# review when its plan has a cascade step (scheduler/review.py).
+ANSWERED = (JobStatus.SUCCEEDED, JobStatus.REVIEWING)
 # Why a run failed, as the few kinds the worker's metrics count (the job's error says the rest).
 FAILURE_KINDS = ("timeout", "rejected", "engine_error", "storage_refused")
 
 
 @dataclass
 class BatchStats:
-    succeeded: int = 0
+    succeeded: int = 0          # answers written (accepted at once, or awaiting review)
     failed: int = 0
     skipped: int = 0            # no longer ours: cancelled, re-planned, or already done
     output_tokens: int = 0
@@ -120,7 +123,7 @@ class BatchRunner:
                 stats.failures[failure_kind(output)] += 1
                 log.warning("job %s failed on %s (attempt %d): %s -> %s", job.id, self.spec.name, job.attempts,
                             output, status.value)
-            elif status is not JobStatus.SUCCEEDED or not isinstance(outcome, Outcome):
+            elif status not in ANSWERED or not isinstance(outcome, Outcome):
                 stats.failed += 1  # generated, but the database refused the output (the store logged why)
                 stats.failures["storage_refused"] += 1
             else:

@@ -21,7 +21,7 @@ from scheduler.api.errors import install_error_handlers
 from scheduler.api.limits import BodySizeLimit
 from scheduler.api.openai_api import UPLOAD_OVERHEAD_BYTES, UPLOAD_PATH, openai_router
 from scheduler.api.request_metrics import RequestMetrics
-from scheduler.api.schemas import ErrorOut, FeedbackIn, JobOut, JobPageOut, WorkerOut
+from scheduler.api.schemas import AttemptOut, ErrorOut, FeedbackIn, JobOut, JobPageOut, WorkerOut
 from scheduler.fleet import Fleet
 from scheduler.jobspec import JobSpec, StorableText
 from scheduler.metrics import ApiMetrics, exposition, new_registry
@@ -86,9 +86,13 @@ def create_app(settings: Settings, db: Database, fleet: Fleet) -> FastAPI:
         response.status_code = 201 if created else 200
         return JobOut.model_validate(job)
 
-    @v1.get("/jobs/{job_id}", response_model=JobOut)
+    @v1.get("/jobs/{job_id}", response_model=JobOut,
+            summary="A job: status, model, reason, the accepted answer, and every attempt")
     def get_job(job_id: StorableText, caller: CallerDep) -> JobOut:
-        return JobOut.model_validate(jobs.get_job(caller.scope, job_id))
+        job, attempts = jobs.job_attempts(caller.scope, job_id)
+        history = [AttemptOut.model_validate(a).model_copy(update={"accepted": a.attempt == job.accepted_attempt})
+                   for a in attempts]
+        return JobOut.model_validate(job).model_copy(update={"attempt_history": history})
 
     @v1.get("/jobs", response_model=JobPageOut, summary="List jobs, newest first")
     def list_jobs(caller: CallerDep, status: JobStatus | None = None, batch_id: StorableText | None = None,

@@ -10,13 +10,41 @@ from pydantic import BaseModel, ConfigDict, Field
 from scheduler.jobspec import RequestModel
 
 
+class AttemptOut(BaseModel):
+    """One run of a job on one model: its answer, what it cost, and what the review made of it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    attempt: int = Field(description="The run's number (1 = the first run of the job).")
+    model: str
+    answer: str | None = Field(description="The model's answer (None: the run failed).")
+    finish_reason: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float | None
+    latency_s: float | None
+    ex_ante_p: float | None = Field(description="The model's chance of a good answer predicted from the prompt.")
+    p_post: float | None = Field(description="The answer judge's chance that this answer is good (latest review).")
+    judge: str | None = Field(description="The answer judge's version that gave p_post.")
+    decision: str | None = Field(description="accepted (the job's result), escalated (judged too weak: the next "
+                                 "model ran), rejected (another answer was accepted), failed; None: awaiting review.")
+    reason: str | None = Field(description="Why, e.g. 'escalate: post-hoc p=0.31 < 0.55; next gemma-3-270m'.")
+    score: float | None = Field(description="This answer's label: its grade against the reference, or feedback.")
+    score_source: str | None
+    accepted: bool = Field(default=False, description="This attempt's answer is the job's result.")
+    created_at: dt.datetime
+    reviewed_at: dt.datetime | None
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
     batch_id: str | None
     owner: str
-    status: str
+    status: str = Field(description="pending, queued, running, reviewing (answered; the scheduler is judging "
+                        "the answer before it accepts it or escalates to a stronger model), succeeded, failed, "
+                        "cancelled or expired.")
     prompt: str | None
     messages: list[dict[str, str]] | None
     max_tokens: int
@@ -37,15 +65,26 @@ class JobOut(BaseModel):
     assignment_reason: str | None
     predicted_quality: float | None
     predicted_cost_usd: float | None
-    attempts: int
+    attempts: int = Field(description="Runs started, every model of a cascade and every retry counted.")
+    cascade_allowed: bool = Field(default=True, description="false: the job said (or its batch said) cascade: "
+                                  "false; one model, its answer accepted as it is.")
+    cascade: list[dict[str, Any]] | None = Field(
+        default=None, description="The plan's remaining cascade steps: after the answers so far, accept if the best "
+        "answer's post-hoc p >= accept_at, else run next_model. None: the answer is accepted as it is.")
+    escalate_to: str | None = Field(default=None, description="The model this job escalated to after its answers "
+                                    "were judged too weak (pinned until its answer is reviewed).")
+    accepted_attempt: int | None = Field(default=None, description="The attempt whose answer is the result.")
+    attempt_history: list[AttemptOut] | None = Field(
+        default=None, description="Every attempt: model, answer, tokens, cost, post-hoc p, decision and reason "
+        "(GET /v1/jobs/{id} only; None in lists).")
     lease_expires_at: dt.datetime | None
     worker: str | None
-    result_text: str | None
+    result_text: str | None = Field(description="The accepted answer (None until one is accepted).")
     finish_reason: str | None
-    input_tokens: int | None
-    output_tokens: int | None
-    cost_usd: float | None
-    latency_s: float | None
+    input_tokens: int | None = Field(description="The accepted answer's prompt tokens.")
+    output_tokens: int | None = Field(description="The accepted answer's tokens.")
+    cost_usd: float | None = Field(description="What the job cost: the sum of all its attempts.")
+    latency_s: float | None = Field(description="The accepted answer's generation time.")
     error: str | None
     notes: str | None = Field(description="What Switchyard changed while storing the job's output "
                               "(e.g. characters the database cannot hold were removed), so nothing is silent.")

@@ -84,10 +84,33 @@ def read_jobs_file(path: Path) -> list[dict[str, Any]]:
 @clean_errors
 def status(job_id: Annotated[str, typer.Argument(help="A job id, or a batch id with --batch.")],
            batch: Annotated[bool, typer.Option("--batch", help="The id is a batch.")] = False) -> None:
-    """Show a job (status, model, reason, result) or a batch's counts."""
+    """Show a job (status, model, reason, result, every attempt) or a batch's counts."""
     with client() as api:
         data = api.batch(job_id) if batch else api.job(job_id)
     typer.echo(json.dumps(data, indent=2))
+    if not batch:
+        for line in attempt_lines(data):
+            typer.echo(line, err=True)
+
+
+def attempt_lines(job: dict[str, Any]) -> list[str]:
+    """A person's summary of a job's state and attempts (on stderr, after the JSON)."""
+    status = job.get("status")
+    lines = []
+    if status == "reviewing":
+        lines.append("reviewing: answered; the scheduler is judging the answer(s) before it accepts one or "
+                     "escalates to a stronger model")
+    elif status == "pending" and job.get("escalate_to"):
+        lines.append(f"pending: escalated to {job['escalate_to']} (its earlier answers were judged too weak)")
+    for attempt in job.get("attempt_history") or []:
+        p_post = attempt.get("p_post")
+        judged = f" p_post={p_post:.2f}" if p_post is not None else ""
+        cost = attempt.get("cost_usd")
+        spent = f" ${cost:.7f}" if cost is not None else ""
+        mark = " <- the result" if attempt.get("accepted") else ""
+        lines.append(f"attempt {attempt['attempt']} {attempt['model']}: {attempt.get('decision') or 'awaiting review'}"
+                     f"{judged}{spent}; {attempt.get('reason') or ''}{mark}")
+    return lines
 
 
 @clean_errors
@@ -136,7 +159,8 @@ def results(batch_id: Annotated[str, typer.Argument(help="The batch whose result
     with client() as api:
         jobs = api.jobs(batch_id=batch_id)
     keys = ("id", "status", "assigned_model", "prompt", "messages", "result_text", "finish_reason",
-            "input_tokens", "output_tokens", "cost_usd", "latency_s", "error", "metadata")
+            "input_tokens", "output_tokens", "cost_usd", "latency_s", "error", "metadata", "attempts",
+            "accepted_attempt")
     lines = [json.dumps({k: job[k] for k in keys}) for job in sorted(jobs, key=lambda j: j["created_at"])]
     text = "\n".join(lines) + ("\n" if lines else "")
     if out is None:

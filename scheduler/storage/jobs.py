@@ -26,7 +26,7 @@ from scheduler.grading import Grader
 from scheduler.jobspec import BatchSpec, JobSpec, unstorable_reason
 from scheduler.settings import Settings
 from scheduler.storage.database import Database, rows_affected
-from scheduler.storage.tables import Batch, Job
+from scheduler.storage.tables import Batch, Job, JobAttempt
 from scheduler.storage.tenants import admit_jobs
 from scheduler.storage.types import CANCELLABLE_STATUSES, BatchStatus, JobStatus
 
@@ -69,7 +69,7 @@ NEW_JOB_COLUMNS: dict[str, str] = {
     "deadline_at": "timestamptz", "allowed_models": "json", "max_cost_usd": "float8", "on_deadline_miss": "varchar",
     "metadata": "json", "reference": "text", "grader": "varchar", "idempotency_key": "varchar",
     "custom_id": "varchar", "request_hash": "varchar", "attempts": "int4", "created_at": "timestamptz",
-    "updated_at": "timestamptz", "expires_at": "timestamptz",
+    "updated_at": "timestamptz", "expires_at": "timestamptz", "cascade_allowed": "bool",
 }
 _COLUMN_NAMES = tuple(NEW_JOB_COLUMNS)
 _JSON_POSITIONS = tuple(i for i, kind in enumerate(NEW_JOB_COLUMNS.values()) if kind == "json")
@@ -152,7 +152,7 @@ class JobStore:
             job = spec.jobs[index]
             job_hash = hashes.job(index) if hashes is not None and keys[index] else NO_REQUEST_HASH
             return _job_row(job_ids[index], owner, job, batch.id, times[index],
-                            job.max_pending_s or batch_max_pending_s, job_hash)
+                            job.max_pending_s or batch_max_pending_s, job_hash, batch_cascade=spec.cascade)
 
         try:
             self._write_batch(owner, batch, row, keys)
@@ -241,6 +241,16 @@ class JobStore:
         rows = rows[:limit]
         return JobPage(rows, _encode_cursor(rows[-1]) if more else None)
 
+    def job_attempts(self, scope: str | None, job_id: str) -> tuple[Job, list[JobAttempt]]:
+        """The job and every attempt it made, in order (one read of each)."""
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None or not _in_scope(job.owner, scope):
+                raise NotFound(f"no job {job_id}")
+            attempts = list(session.scalars(select(JobAttempt).where(JobAttempt.job_id == job_id)
+                                            .order_by(JobAttempt.attempt)))
+            return job, attempts
+
     def job_status(self, scope: str | None, job_id: str) -> JobStatus:
         """Only the job's status: what a caller waiting for the job polls."""
         with self.db.session() as session:
@@ -265,11 +275,18 @@ class JobStore:
 
     # -- feedback -------------------------------------------------------------------------
     def record_feedback(self, scope: str | None, job_id: str, score: float, now: dt.datetime) -> Job:
-        """A person's (or an external grader's) score for a finished job; it overrides the built-in grade."""
+        """A person's (or an external grader's) score for a finished job; it overrides the built-in grade.
+        It labels the accepted answer (its attempt), which is what the learner fits the answer judge on."""
         with self.db.session() as session:
-            updated = rows_affected(session.execute(
+            accepted = session.execute(
                 update(Job).where(Job.id == job_id, _scope_filter(scope), Job.status == JobStatus.SUCCEEDED)
-                .values(score=score, score_source="feedback", scored_at=now, updated_at=now)))
+                .values(score=score, score_source="feedback", scored_at=now, updated_at=now)
+                .returning(Job.accepted_attempt)).first()
+            updated = accepted is not None
+            if accepted is not None and accepted.accepted_attempt is not None:
+                session.execute(update(JobAttempt).where(JobAttempt.job_id == job_id,
+                                                         JobAttempt.attempt == accepted.accepted_attempt)
+                                .values(score=score, score_source="feedback", scored_at=now))
         job = self.get_job(scope, job_id)
         if not updated:
             raise Conflict(f"job {job_id} is {job.status.value}; feedback is for succeeded jobs")
@@ -315,9 +332,11 @@ def _scope_filter(scope: str | None) -> ColumnElement[bool]:
 
 
 def _job_row(job_id: str, owner: str, spec: JobSpec, batch_id: str | None, now: dt.datetime,
-             max_pending_s: float, request_hash: str, *, custom_id: str | None = None) -> NewJobRow:
+             max_pending_s: float, request_hash: str, *, custom_id: str | None = None,
+             batch_cascade: bool | None = None) -> NewJobRow:
     """A pending job's row (NEW_JOB_COLUMNS); ``max_pending_s`` is the job's own, else its batch's,
-    else the setting. ``custom_id``: its line's id in a batch input file."""
+    else the setting; so is ``cascade`` (default true). ``custom_id``: its line's id in a batch input file."""
+    cascade_allowed = spec.cascade if spec.cascade is not None else batch_cascade is not False
     return (
         job_id, batch_id, owner, JobStatus.PENDING.value, spec.prompt,
         [m.model_dump() for m in spec.messages] if spec.messages is not None else None,
@@ -325,6 +344,7 @@ def _job_row(job_id: str, owner: str, spec: JobSpec, batch_id: str | None, now: 
         spec.max_cost_usd, spec.on_deadline_miss, spec.metadata, spec.reference,
         (spec.grader or Grader.CONTAINS).value if spec.reference is not None else None,
         spec.idempotency_key, custom_id, request_hash, 0, now, now, now + dt.timedelta(seconds=max_pending_s),
+        cascade_allowed,
     )
 
 

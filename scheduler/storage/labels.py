@@ -1,4 +1,8 @@
-"""Labelled outcomes from the job history: what each model really did (the predictor's teacher)."""
+"""Labelled outcomes from the job history: what each model really did (the predictors' teacher).
+
+A label is one attempt's answer with its score (its grade against the job's reference, or
+feedback on the accepted answer), so every model a cascade ran on a job teaches: the ex-ante
+predictor learns from the prompt and the score, the answer judge from the answers themselves."""
 from __future__ import annotations
 
 import datetime as dt
@@ -7,8 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from scheduler.storage.database import Database
-from scheduler.storage.tables import Job, prompt_text
-from scheduler.storage.types import JobStatus
+from scheduler.storage.tables import Job, JobAttempt, prompt_text
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,10 @@ class LabelledOutcome:
     model: str
     score: float
     output_tokens: int | None
+    answer: str | None = None        # the answer the score judged
+    job_id: str | None = None        # labels of one job share it (a cascade's answers judged together)
+    attempt: int | None = None
+    ex_ante_p: float | None = None   # the model's p predicted from the prompt before it ran (when known)
 
 
 class LabelStore:
@@ -24,25 +31,29 @@ class LabelStore:
         self.db = db
 
     def history(self, limit: int = 100_000) -> list[LabelledOutcome]:
-        """The newest ``limit`` succeeded jobs that carry a score (graded or fed back)."""
-        query = (select(Job.prompt, Job.messages, Job.assigned_model, Job.score, Job.output_tokens)
-                 .where(Job.status == JobStatus.SUCCEEDED, Job.score.is_not(None), Job.assigned_model.is_not(None))
-                 .order_by(Job.scored_at.desc()).limit(limit))
+        """The newest ``limit`` scored attempts (graded or fed back), each with its answer."""
+        query = (select(Job.prompt, Job.messages, JobAttempt.model, JobAttempt.score, JobAttempt.output_tokens,
+                        JobAttempt.answer, JobAttempt.job_id, JobAttempt.attempt, JobAttempt.ex_ante_p)
+                 .join(Job, Job.id == JobAttempt.job_id)
+                 .where(JobAttempt.score.is_not(None), JobAttempt.answer.is_not(None))
+                 .order_by(JobAttempt.scored_at.desc(), JobAttempt.job_id, JobAttempt.attempt).limit(limit))
         with self.db.session() as session:
             rows = session.execute(query).all()
-        return [LabelledOutcome(prompt_text(prompt, messages), str(model), float(score), tokens)
-                for prompt, messages, model, score, tokens in rows]
+        return [LabelledOutcome(prompt_text(row.prompt, row.messages), str(row.model), float(row.score),
+                                row.output_tokens, row.answer, row.job_id, row.attempt, row.ex_ante_p)
+                for row in rows]
 
     def counts_by_model(self) -> dict[str, int]:
         with self.db.session() as session:
             rows = session.execute(
-                select(Job.assigned_model, func.count()).where(Job.score.is_not(None))
-                .group_by(Job.assigned_model)).all()
+                select(JobAttempt.model, func.count()).where(JobAttempt.score.is_not(None))
+                .group_by(JobAttempt.model)).all()
         return {model: count for model, count in rows if model is not None}
 
     def recent_promises(self, limit: int) -> tuple[list[float], list[float]]:
         """(promised p, realised score) of the newest ``limit`` labelled jobs the optimizer chose a
-        model for (exploring jobs made no promise)."""
+        model for (exploring jobs made no promise). A cascaded job's promise is its whole
+        cascade's, and its score its accepted answer's."""
         query = (select(Job.predicted_quality, Job.score)
                  .where(Job.score.is_not(None), Job.predicted_quality.is_not(None),
                         Job.exploring.is_not(True))
@@ -54,8 +65,9 @@ class LabelStore:
         return [promised for promised, _ in pairs], [score for _, score in pairs]
 
     def count_since(self, since: dt.datetime | None) -> int:
-        query = select(func.count()).select_from(Job).where(Job.score.is_not(None))
+        """Labels (scored attempts) that arrived after ``since``."""
+        query = select(func.count()).select_from(JobAttempt).where(JobAttempt.score.is_not(None))
         if since is not None:
-            query = query.where(Job.scored_at > since)
+            query = query.where(JobAttempt.scored_at > since)
         with self.db.session() as session:
             return int(session.scalar(query) or 0)

@@ -22,7 +22,7 @@ from scheduler.storage.tables import Batch, Job, Tenant
 from scheduler.storage.types import BatchStatus, JobStatus
 from scheduler.storage.window import ACTIVE_STATUSES
 
-WAITING_OR_RUNNING = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
+WAITING_OR_RUNNING = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.REVIEWING)
 OPEN_BATCH_STATUSES = tuple(status.value for status in BatchStatus if not status.is_final)
 
 
@@ -83,9 +83,10 @@ def _spend(session: Session, key: Any, capped: Sequence[Any]) -> list[Spend]:
     if not capped:
         return []
     active = Job.status.in_(ACTIVE_STATUSES)
+    # Spent: every job's attempts so far (a cascade's escalation that is running has spent on its
+    # earlier models); reserved: the predicted cost of the runs queued or running now.
     sums = {name: (float(spent or 0.0), float(reserved or 0.0)) for name, spent, reserved in session.execute(
-        select(key, func.sum(case((active, None), else_=Job.cost_usd)),
-               func.sum(case((active, Job.predicted_cost_usd), else_=None)))
+        select(key, func.sum(Job.cost_usd), func.sum(case((active, Job.predicted_cost_usd), else_=None)))
         .where(key.in_([row[0] for row in capped])).group_by(key))}
     return [Spend(name, tenant, float(cap), *sums.get(name, (0.0, 0.0))) for name, tenant, cap in capped]
 

@@ -28,16 +28,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, func, select, update
+from sqlalchemy import ColumnElement, Table, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from scheduler.grading import Grader, grade
 from scheduler.storage.database import Database, _is_connection_error, rows_affected
-from scheduler.storage.tables import Job
+from scheduler.plan import Escalation
+from scheduler.storage.tables import AttemptDecision, Job, JobAttempt, cascade_steps
 from scheduler.storage.types import JobStatus
 
 JOBS: Table = Job.__table__  # type: ignore[assignment]
+ATTEMPTS: Table = JobAttempt.__table__  # type: ignore[assignment]
 log = logging.getLogger(__name__)
 
 # The job table's error column keeps the start of a long message (a stack of driver errors).
@@ -65,6 +67,23 @@ class ClaimedJob:
     stop: list[str]
     reference: str | None = None
     grader: str | None = None
+    model: str = ""                        # the model this run is on
+    worker: str | None = None
+    cascade: tuple[Escalation, ...] = ()   # the plan's remaining steps: () = the answer is accepted as it is
+    escalated: bool = False                # this run is an escalation: the job has earlier answers to weigh
+    attempts_before_step: int = 0          # runs of earlier cascade steps (max_attempts counts this step's)
+    predicted_quality: float | None = None
+
+    @property
+    def step_attempts(self) -> int:
+        """Runs of the current cascade step, this one included."""
+        return self.attempts - self.attempts_before_step
+
+    @property
+    def needs_review(self) -> bool:
+        """Its answer is judged before it is accepted: the plan has a next step, or answers of
+        earlier steps compete with it."""
+        return bool(self.cascade) or self.escalated
 
 
 @dataclass(frozen=True)
@@ -108,10 +127,15 @@ class ResultStore:
                         worker=worker, started_at=now, updated_at=now,
                         lease_expires_at=now + dt.timedelta(seconds=run_lease_s))
                 .returning(JOBS.c.id, JOBS.c.attempts, JOBS.c.prompt, JOBS.c.messages, JOBS.c.max_tokens,
-                           JOBS.c.temperature, JOBS.c.stop, JOBS.c.reference, JOBS.c.grader)).all()
+                           JOBS.c.temperature, JOBS.c.stop, JOBS.c.reference, JOBS.c.grader, JOBS.c.cascade,
+                           JOBS.c.escalate_to, JOBS.c.attempts_before_step, JOBS.c.predicted_quality)).all()
         by_id = {row.id: ClaimedJob(id=row.id, run_token=token, attempts=row.attempts, prompt=row.prompt,
                                     messages=row.messages, max_tokens=row.max_tokens, temperature=row.temperature,
-                                    stop=list(row.stop or []), reference=row.reference, grader=row.grader)
+                                    stop=list(row.stop or []), reference=row.reference, grader=row.grader,
+                                    model=model, worker=worker, cascade=cascade_steps(row.cascade),
+                                    escalated=row.escalate_to is not None,
+                                    attempts_before_step=row.attempts_before_step or 0,
+                                    predicted_quality=row.predicted_quality)
                  for row in rows}
         return [by_id[job_id] for job_id in job_ids if job_id in by_id]
 
@@ -148,9 +172,11 @@ class ResultStore:
                 # All rows under one savepoint first: a savepoint per job would add two round
                 # trips per job (claim plus write went from 1.0 to 1.45 ms per job of 32).
                 with session.begin_nested():
+                    attempts: list[dict[str, Any]] = []
                     for index in in_id_order:
                         job, result = results[index]
-                        statuses[index] = _write(session, job, result, now, max_attempts)
+                        statuses[index] = _write(session, job, result, now, max_attempts, attempts)
+                    _insert_attempts(session, attempts)
                 return statuses
             except _ROW_REFUSALS as exc:  # the savepoint is rolled back: nothing of the batch is written
                 if _is_connection_lost(exc):
@@ -201,7 +227,7 @@ def _write_isolated(session: Session, job: ClaimedJob, result: Outcome | Failure
     """
     try:
         with session.begin_nested():
-            return _write(session, job, result, now, max_attempts)
+            return _write_with_attempt(session, job, result, now, max_attempts)
     except _ROW_REFUSALS as exc:
         if _is_connection_lost(exc):
             raise
@@ -212,7 +238,7 @@ def _write_isolated(session: Session, job: ClaimedJob, result: Outcome | Failure
     failure = Failure(f"the outcome could not be stored: {_describe(refusal)}", retry=transient)
     try:
         with session.begin_nested():
-            return _write(session, job, failure, now, max_attempts)
+            return _write_with_attempt(session, job, failure, now, max_attempts)
     except _ROW_REFUSALS as exc:  # the rest of the micro-batch still commits
         if _is_connection_lost(exc):
             raise
@@ -236,14 +262,46 @@ def _is_connection_lost(exc: Exception) -> bool:
     return isinstance(exc, (OperationalError, InterfaceError)) and _is_connection_error(exc)
 
 
+def _write_with_attempt(session: Session, job: ClaimedJob, result: Outcome | Failure, now: dt.datetime,
+                        max_attempts: int) -> JobStatus | None:
+    attempts: list[dict[str, Any]] = []
+    status = _write(session, job, result, now, max_attempts, attempts)
+    _insert_attempts(session, attempts)
+    return status
+
+
+def _insert_attempts(session: Session, rows: list[dict[str, Any]]) -> None:
+    """One multi-row INSERT; every row gets every key any row has (an executemany binds one set
+    of columns: an accepted answer carries its decision and label, one awaiting review does not)."""
+    if rows:
+        keys = {key for row in rows for key in row}
+        session.execute(insert(ATTEMPTS), [dict.fromkeys(keys) | row for row in rows])
+
+
 def _write(session: Session, job: ClaimedJob, result: Outcome | Failure, now: dt.datetime,
-           max_attempts: int) -> JobStatus | None:
+           max_attempts: int, attempts: list[dict[str, Any]]) -> JobStatus | None:
+    """Write one run's outcome to the job (guarded by its run token) and, when that was written,
+    add the run's row for ``job_attempts`` to ``attempts``.
+
+    An answer whose plan has no further step is accepted here (``succeeded``); one that must be
+    judged first (a cascade step, or an escalation whose answers compete) waits in ``reviewing``
+    for the scheduler (scheduler/review.py). The job's cost is the sum of its attempts'."""
+    attempt: dict[str, Any] = {"job_id": job.id, "attempt": job.attempts, "model": job.model, "worker": job.worker,
+                               "created_at": now}
     if isinstance(result, Failure):
-        final = not result.retry or job.attempts >= max_attempts
-        status = JobStatus.FAILED if final else JobStatus.PENDING
-        extra: dict[str, Any] = {"finished_at": now} if final else {"dispatch_id": None}
+        final = not result.retry or job.step_attempts >= max_attempts
         error, changed = storable_text(result.error[:MAX_ERROR_CHARS])
+        extra: dict[str, Any] = {"finished_at": now} if final else {"dispatch_id": None}
+        status = JobStatus.FAILED if final else JobStatus.PENDING
+        reason = f"failed: {error}" if final else f"failed, retried: {error}"
+        if final and job.escalated:
+            # An escalation that cannot run does not throw away the answers the job already has:
+            # the review accepts the best of them (no further step).
+            status, extra = JobStatus.REVIEWING, {"cascade": None}
+            reason = f"failed ({error}); the best earlier answer will be accepted"
         written = _guarded(session, job, now, _note(job, "error", changed), status=status, error=error, **extra)
+        if written:
+            attempts.append(attempt | {"decision": AttemptDecision.FAILED.value, "reason": reason[:MAX_ERROR_CHARS]})
         return status if written else None
     text, changed = storable_text(result.text)
     label: dict[str, Any] = {}
@@ -251,10 +309,24 @@ def _write(session: Session, job: ClaimedJob, result: Outcome | Failure, now: dt
         # Graded where the result is written, so the label lands with it (the stored text is graded).
         label = {"score": grade(text, job.reference, Grader(job.grader or Grader.CONTAINS.value)),
                  "score_source": "grader", "scored_at": now}
+    spent = func.coalesce(JOBS.c.cost_usd, 0.0) + result.cost_usd
+    answer = {"answer": text, "finish_reason": result.finish_reason, "input_tokens": result.input_tokens,
+              "output_tokens": result.output_tokens, "cost_usd": result.cost_usd, "latency_s": result.latency_s}
+    if job.needs_review:
+        # The answer waits for the review; the job's result columns stay empty until one is accepted.
+        written = _guarded(session, job, now, _note(job, "output", changed), status=JobStatus.REVIEWING,
+                           cost_usd=spent, error=None)
+        if written:
+            attempts.append(attempt | answer | label)
+        return JobStatus.REVIEWING if written else None
     written = _guarded(session, job, now, _note(job, "output", changed), status=JobStatus.SUCCEEDED,
                        result_text=text, finish_reason=result.finish_reason, input_tokens=result.input_tokens,
-                       output_tokens=result.output_tokens, latency_s=result.latency_s,
-                       cost_usd=result.cost_usd, error=None, finished_at=now, **label)
+                       output_tokens=result.output_tokens, latency_s=result.latency_s, cost_usd=spent, error=None,
+                       finished_at=now, accepted_attempt=job.attempts, **label)
+    if written:
+        attempts.append(attempt | answer | label | {
+            "ex_ante_p": job.predicted_quality, "decision": AttemptDecision.ACCEPTED.value,
+            "reason": "accepted: no cascade step planned", "reviewed_at": now})
     return JobStatus.SUCCEEDED if written else None
 
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import enum
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
-    JSON, Boolean, Enum, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, text,
+    JSON, Boolean, Enum, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, text, true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from scheduler.plan import Escalation
 from scheduler.storage.types import JobStatus, UTCDateTime
 
 STATUS_TYPE = Enum(
@@ -115,6 +118,16 @@ def prompt_text(prompt: str | None, messages: list[dict[str, Any]] | None) -> st
     return prompt if prompt is not None else "\n".join(m["content"] for m in messages or [])
 
 
+def cascade_steps(stored: list[Any] | None) -> tuple[Escalation, ...]:
+    """A job's stored cascade (``jobs.cascade``) as the plan's steps."""
+    return tuple(Escalation(float(step["accept_at"]), str(step["next_model"])) for step in stored or ())
+
+
+def cascade_json(steps: Sequence[Escalation]) -> list[dict[str, Any]] | None:
+    """The plan's steps as ``jobs.cascade`` stores them (None: no step, the answer is accepted as it is)."""
+    return [{"accept_at": step.accept_at, "next_model": step.next_model} for step in steps] or None
+
+
 PENDING_ONLY = text("status = 'pending'")
 
 
@@ -165,7 +178,18 @@ class Job(Base):
     predicted_cost_usd: Mapped[float | None] = mapped_column(Float)
     dispatch_id: Mapped[str | None] = mapped_column(String(36))
     run_token: Mapped[str | None] = mapped_column(String(36))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)   # runs started, every cascade step counted
+    # Cascades (issue 12): whether the plan may cascade this job at all (the job's or its batch's
+    # ``cascade``); the plan's remaining steps ([{"accept_at", "next_model"}], None = accept the
+    # answer as it is); the model the job must run next after its answers were judged too weak
+    # (kept through retries of that step, cleared when an answer is accepted); the runs started
+    # before the current step (max_attempts counts the runs of one step); the attempt whose
+    # answer is the job's result.
+    cascade_allowed: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    cascade: Mapped[list[Any] | None]
+    escalate_to: Mapped[str | None] = mapped_column(String(64))
+    attempts_before_step: Mapped[int] = mapped_column(Integer, server_default="0")
+    accepted_attempt: Mapped[int | None] = mapped_column(Integer)
     lease_expires_at: Mapped[dt.datetime | None]
     worker: Mapped[str | None] = mapped_column(String(200))
     # The outcome.
@@ -192,6 +216,48 @@ class Job(Base):
     queued_at: Mapped[dt.datetime | None]
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+
+
+class AttemptDecision(str, enum.Enum):
+    """What became of one attempt's answer (``job_attempts.decision``; None while it awaits review)."""
+
+    ACCEPTED = "accepted"     # the job's result
+    ESCALATED = "escalated"   # judged too weak: the job went on to the next model of its cascade
+    REJECTED = "rejected"     # answered, but the review accepted another attempt's answer
+    FAILED = "failed"         # the run produced no answer (engine error, timeout, refused output)
+
+
+class JobAttempt(Base):
+    """One run of a job on one model: its answer, what it cost, and what the review made of it.
+
+    A job planned without a cascade has one row per run (its answer accepted as it is); a
+    cascaded job has one per model it ran (and per failed run). ``score`` is the answer's own
+    label (its grade against the job's reference, or feedback on the accepted answer): the
+    learner fits the ex-ante predictor and the answer judge from these rows."""
+
+    __tablename__ = "job_attempts"
+    __table_args__ = (Index("ix_job_attempts_scored_at", "scored_at"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)   # jobs.attempts at its claim
+    model: Mapped[str] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    answer: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    latency_s: Mapped[float | None] = mapped_column(Float)
+    ex_ante_p: Mapped[float | None] = mapped_column(Float)    # the model's p predicted from the prompt alone
+    p_post: Mapped[float | None] = mapped_column(Float)       # the judge's p for the answer (latest review)
+    judge: Mapped[str | None] = mapped_column(String(64))     # the judge version that gave p_post
+    decision: Mapped[str | None] = mapped_column(String(16))  # AttemptDecision; None: awaiting review
+    reason: Mapped[str | None] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column(Float)
+    score_source: Mapped[str | None] = mapped_column(String(16))
+    scored_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+    reviewed_at: Mapped[dt.datetime | None]
 
 
 class FleetModel(Base):

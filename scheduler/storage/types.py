@@ -14,6 +14,9 @@ class JobStatus(str, enum.Enum):
     PENDING = "pending"      # submitted, waiting for a tick
     QUEUED = "queued"        # planned and published to model.<name>; lease = queue lease
     RUNNING = "running"      # claimed by a worker; lease = run lease
+    # answered, and its plan has a cascade step (or it already escalated): the scheduler judges
+    # the answers so far, then accepts the best (succeeded) or escalates (pending, next model pinned)
+    REVIEWING = "reviewing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"

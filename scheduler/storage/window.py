@@ -14,21 +14,25 @@ proportional to what happened to each job.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Table, case, delete, func, insert, literal, or_, select, text, update
+from sqlalchemy import Select, Table, case, delete, func, insert, literal, null, or_, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from scheduler.fleet import Fleet
-from scheduler.plan import Deferral, Dispatch, ModelState, Plan, WindowJob
+from scheduler.plan import Deferral, Dispatch, Escalation, ModelState, Plan, WindowJob
 from scheduler.storage.database import Database, rows_affected
 from scheduler.storage.leader import LeaderTerm, confirm_term
-from scheduler.storage.tables import Batch, Decision, Job, Tenant, Tick, WorkerHeartbeat, prompt_text
+from scheduler.storage.tables import (
+    Batch, Decision, Job, JobAttempt, Tenant, Tick, WorkerHeartbeat, cascade_json, cascade_steps, prompt_text,
+)
 from scheduler.storage.types import JobStatus, utcnow
 from scheduler.urgency import URGENT_DEADLINE_LEAD_S
 
@@ -43,10 +47,11 @@ class LeaseRecovery:
     requeued: int   # lost messages or lost workers: back to pending, planned again next tick
     failed: int     # ran out of attempts
     expired: int = 0  # still pending past their max_pending
+    to_review: int = 0  # cascade escalations that ran out of attempts or time: their best answer is accepted
 
     @property
     def changed_anything(self) -> bool:
-        return bool(self.requeued or self.failed or self.expired)
+        return bool(self.requeued or self.failed or self.expired or self.to_review)
 
 
 @dataclass(frozen=True)
@@ -67,25 +72,38 @@ class WindowStore:
         """Jobs whose lease ran out go back to pending (or fail after max_attempts runs); jobs
         pending past their max_pending end ``expired`` with the last reason they were given."""
         expired = (Job.status.in_(ACTIVE_STATUSES), Job.lease_expires_at < now)
+        out_of_attempts = Job.attempts - Job.attempts_before_step >= max_attempts
+        lost = f"lease expired after {max_attempts} attempts (worker lost or model hung)"
         with self.db.session() as session:
+            # A cascade's escalation that cannot run keeps the answers the job has: the review
+            # accepts the best of them (scheduler/review.py) instead of failing the job.
+            to_review = rows_affected(session.execute(
+                update(Job).where(Job.id.in_(_lockable_in_id_order(*expired, out_of_attempts,
+                                                                   Job.escalate_to.is_not(None))))
+                .values(status=JobStatus.REVIEWING, cascade=null(), updated_at=now, lease_expires_at=None,
+                        run_token=None, error=lost)))
             failed = rows_affected(session.execute(
-                update(Job).where(Job.id.in_(_lockable_in_id_order(*expired, Job.attempts >= max_attempts)))
+                update(Job).where(Job.id.in_(_lockable_in_id_order(*expired, out_of_attempts)))
                 .values(status=JobStatus.FAILED, finished_at=now, updated_at=now, lease_expires_at=None,
-                        error=f"lease expired after {max_attempts} attempts (worker lost or model hung)")
+                        error=lost)
             ))
             requeued = rows_affected(session.execute(
                 update(Job).where(Job.id.in_(_lockable_in_id_order(*expired)))
                 .values(status=JobStatus.PENDING, updated_at=now, lease_expires_at=None, dispatch_id=None,
                         run_token=None, error="lease expired; re-planned")
             ))
+            to_review += rows_affected(session.execute(
+                update(Job).where(Job.status == JobStatus.PENDING, Job.expires_at <= now, Job.escalate_to.is_not(None))
+                .values(status=JobStatus.REVIEWING, cascade=null(), updated_at=now,
+                        error="its escalation was not scheduled within its max_pending")))
             too_old = rows_affected(session.execute(
                 update(Job).where(Job.status == JobStatus.PENDING, Job.expires_at <= now)
                 .values(status=JobStatus.EXPIRED, finished_at=now, updated_at=now,
                         error=literal("not scheduled within its max_pending; last reason: ")
                         + func.coalesce(Job.assignment_reason, "none recorded"))))
-            if term is not None and (failed or requeued or too_old):
+            if term is not None and (failed or requeued or too_old or to_review):
                 confirm_term(session, term, now)
-        return LeaseRecovery(requeued=requeued, failed=failed, expired=too_old)
+        return LeaseRecovery(requeued=requeued, failed=failed, expired=too_old, to_review=to_review)
 
     def next_window_ids(self, limit: int, now: dt.datetime) -> list[str]:
         """The ids the next window would claim, in its order (no lock: a read-ahead, so the
@@ -164,10 +182,12 @@ class ClaimedWindow:
         batch_spent = committed_spend(self.session, Job.batch_id, {r.batch_id for r in rows if r.batch_cap is not None})
         caps = _tenant_caps(self.session, {row.owner for row in rows})
         tenant_spent = committed_spend(self.session, Job.owner, set(caps))
+        models_run = _models_run(self.session, [row.id for row in rows if row.escalate_to is not None])
         return [_window_job(
             row, None if row.batch_cap is None else row.batch_cap - batch_spent.get(row.batch_id, 0.0),
             tenants.get(row.owner, DEFAULT_TENANT_WEIGHT),
-            None if row.owner not in caps else caps[row.owner] - tenant_spent.get(row.owner, 0.0))
+            None if row.owner not in caps else caps[row.owner] - tenant_spent.get(row.owner, 0.0),
+            models_run.get(row.id, ()))
             for row in rows]
 
     def _locked(self, query: Select[Any]) -> list[Row[Any]]:
@@ -200,12 +220,17 @@ class ClaimedWindow:
         last, confirm this leader's term (LostLeadership rolls the whole tick back)."""
         dispatch_of = {job_id: d.dispatch_id for d in dispatches for job_id in d.job_ids}
         lease = now + dt.timedelta(seconds=queue_lease_s)
+        plan = _without_forbidden_cascades(plan, jobs)
         last_reason = {job.id: job.last_reason for job in jobs}
         ended = [d for d in plan.deferrals if d.ending is not None]
         changed = [d for d in plan.deferrals if d.ending is None and d.reason != last_reason.get(d.job_id)]
         self._write_plan(plan, changed, dispatch_of, lease, now)
         if ended:
+            # An escalation the plan ends keeps the job's answers: the review accepts the best.
+            escalated = {job.id for job in jobs if job.escalate_to is not None}
             self.session.execute(update(Job), [
+                {"id": d.job_id, "status": JobStatus.REVIEWING, "cascade": None, "error": d.reason,
+                 "assignment_reason": d.reason, "updated_at": now} if d.job_id in escalated else
                 {"id": d.job_id, "status": JobStatus(d.ending), "error": d.reason, "assignment_reason": d.reason,
                  "finished_at": now, "updated_at": now} for d in ended if d.ending is not None])
         # one row per decision, in DECISION_COLUMNS order
@@ -245,21 +270,24 @@ class ClaimedWindow:
                     lease: dt.datetime, now: dt.datetime) -> None:
         """Assigned jobs -> queued with their model, reason, prediction, dispatch and lease;
         deferred jobs whose reason changed -> that reason (they stay pending)."""
-        # (id, model, reason, quality, cost, dispatch, exploring); no model: a deferral's new reason
-        per_job: list[tuple[str, str | None, str, float | None, float | None, str | None, bool | None]] = [
+        # (id, model, reason, quality, cost, dispatch, exploring, cascade as JSON text); no model: a
+        # deferral's new reason
+        per_job: list[tuple[str, str | None, str, float | None, float | None, str | None, bool | None,
+                            str | None]] = [
             (a.job_id, a.model, a.reason, a.predicted_quality, a.predicted_cost_usd, dispatch_of[a.job_id],
-             a.exploring) for a in plan.assignments]
-        per_job += [(d.job_id, None, d.reason, None, None, None, None) for d in changed]
+             a.exploring, _cascade_text(a.cascade)) for a in plan.assignments]
+        per_job += [(d.job_id, None, d.reason, None, None, None, None, None) for d in changed]
         if not per_job:
             return
         if self.is_sqlite:
             # The embedded default plans small windows; SQLite has no arrays for the form below.
             common = {"status": JobStatus.QUEUED, "lease_expires_at": lease, "queued_at": now, "updated_at": now}
             if plan.assignments:
+                cascades = {a.job_id: cascade_json(a.cascade) for a in plan.assignments}
                 self.session.execute(update(Job), [
                     {"id": i, "assigned_model": m, "assignment_reason": r, "predicted_quality": q,
-                     "predicted_cost_usd": c, "dispatch_id": d, "exploring": e} | common
-                    for i, m, r, q, c, d, e in per_job if m is not None])
+                     "predicted_cost_usd": c, "dispatch_id": d, "exploring": e, "cascade": cascades[i]} | common
+                    for i, m, r, q, c, d, e, _ in per_job if m is not None])
             if changed:
                 self.session.execute(update(Job), [{"id": d.job_id, "assignment_reason": d.reason, "updated_at": now}
                                                    for d in changed])
@@ -269,19 +297,37 @@ class ClaimedWindow:
         # which the driver adapts value by value; an UPDATE per job is ~10x slower).
         self.session.execute(text(
             "CREATE TEMPORARY TABLE IF NOT EXISTS tick_plan (id varchar, model varchar, reason text,"
-            " quality float8, cost float8, dispatch varchar, exploring boolean) ON COMMIT DELETE ROWS"))
-        self._copy_rows("tick_plan", ("id", "model", "reason", "quality", "cost", "dispatch", "exploring"), per_job)
+            " quality float8, cost float8, dispatch varchar, exploring boolean, cascade json) ON COMMIT DELETE ROWS"))
+        self._copy_rows("tick_plan", ("id", "model", "reason", "quality", "cost", "dispatch", "exploring",
+                                      "cascade"), per_job)
         if plan.assignments:
             self.session.execute(text(
                 "UPDATE jobs SET status = :status, assigned_model = p.model, assignment_reason = p.reason,"
                 " predicted_quality = p.quality, predicted_cost_usd = p.cost, dispatch_id = p.dispatch,"
-                " exploring = p.exploring, lease_expires_at = :lease, queued_at = :now, updated_at = :now"
+                " exploring = p.exploring, cascade = p.cascade, lease_expires_at = :lease, queued_at = :now,"
+                " updated_at = :now"
                 " FROM tick_plan AS p WHERE jobs.id = p.id AND p.model IS NOT NULL"),
                 {"status": JobStatus.QUEUED.value, "lease": lease, "now": now})
         if changed:
             self.session.execute(text(
                 "UPDATE jobs SET assignment_reason = p.reason, updated_at = :now"
                 " FROM tick_plan AS p WHERE jobs.id = p.id AND p.model IS NULL"), {"now": now})
+
+
+def _without_forbidden_cascades(plan: Plan, jobs: Sequence[WindowJob]) -> Plan:
+    """The plan with no cascade stored for a job that may not cascade (its or its batch's
+    ``cascade: false``): whatever a policy planned, its one answer is accepted as it is."""
+    forbidden = {job.id for job in jobs if not job.cascade_allowed}
+    if not any(a.cascade and a.job_id in forbidden for a in plan.assignments):
+        return plan
+    return dataclasses.replace(plan, assignments=tuple(
+        dataclasses.replace(a, cascade=()) if a.cascade and a.job_id in forbidden else a for a in plan.assignments))
+
+
+def _cascade_text(steps: Sequence[Escalation]) -> str | None:
+    """An assignment's cascade as the JSON text COPY writes into ``jobs.cascade``."""
+    stored = cascade_json(steps)
+    return None if stored is None else json.dumps(stored)
 
 
 def _weighted_mean(values: list[tuple[float | None, int]]) -> float | None:
@@ -293,7 +339,7 @@ def _weighted_mean(values: list[tuple[float | None, int]]) -> float | None:
 
 CLAIMED_COLUMNS = (Job.id, Job.batch_id, Job.prompt, Job.messages, Job.max_tokens, Job.min_quality, Job.deadline_at,
                    Job.allowed_models, Job.max_cost_usd, Job.created_at, Job.attempts, Job.on_deadline_miss,
-                   Job.assignment_reason, Job.owner)
+                   Job.assignment_reason, Job.owner, Job.cascade_allowed, Job.escalate_to, Job.cascade)
 
 
 def _lockable_in_id_order(*conditions: Any) -> Select[Any]:
@@ -387,14 +433,29 @@ def committed_spend(session: Session, key: Any, values: set[Any]) -> dict[Any, f
     values = {value for value in values if value is not None}
     if not values:
         return {}
-    spent = func.coalesce(func.sum(case(
-        (Job.status.in_(ACTIVE_STATUSES), Job.predicted_cost_usd), else_=Job.cost_usd)), 0.0)
+    # A job's cost_usd is the sum of its attempts so far (a cascade runs several); a queued or
+    # running job also reserves its next run's predicted cost.
+    spent = func.coalesce(func.sum(func.coalesce(Job.cost_usd, 0.0) + case(
+        (Job.status.in_(ACTIVE_STATUSES), func.coalesce(Job.predicted_cost_usd, 0.0)), else_=0.0)), 0.0)
     return {k: float(v) for k, v in session.execute(
         select(key, spent).where(key.in_(sorted(values))).group_by(key)).all()}
 
 
+def _models_run(session: Session, job_ids: list[str]) -> dict[str, tuple[str, ...]]:
+    """The models that answered each of these (escalated) jobs, in the order they ran."""
+    if not job_ids:
+        return {}
+    found: dict[str, tuple[str, ...]] = {}
+    for job_id, model in session.execute(
+            select(JobAttempt.job_id, JobAttempt.model)
+            .where(JobAttempt.job_id.in_(job_ids), JobAttempt.answer.is_not(None))
+            .order_by(JobAttempt.job_id, JobAttempt.attempt)):
+        found[job_id] = (*found.get(job_id, ()), model)
+    return found
+
+
 def _window_job(row: Row[Any], budget_left_usd: float | None, tenant_weight: float,
-                tenant_budget_left_usd: float | None) -> WindowJob:
+                tenant_budget_left_usd: float | None, models_run: tuple[str, ...] = ()) -> WindowJob:
     return WindowJob(
         id=row.id, batch_id=row.batch_id, prompt_text=prompt_text(row.prompt, row.messages), max_tokens=row.max_tokens,
         min_quality=row.min_quality, deadline_at=row.deadline_at,
@@ -403,4 +464,6 @@ def _window_job(row: Row[Any], budget_left_usd: float | None, tenant_weight: flo
         attempts=row.attempts, expire_on_deadline_miss=row.on_deadline_miss == "expire",
         batch_budget_left_usd=budget_left_usd, last_reason=row.assignment_reason,
         tenant=row.owner, tenant_weight=tenant_weight, tenant_budget_left_usd=tenant_budget_left_usd,
+        cascade_allowed=row.cascade_allowed is not False, escalate_to=row.escalate_to,
+        cascade_rest=cascade_steps(row.cascade) if row.escalate_to is not None else (), models_run=models_run,
     )

@@ -14,7 +14,7 @@ from scheduler.jobspec import BatchSpec, JobSpec
 from scheduler.learning.learner import Learner
 from scheduler.loop import Scheduler, default_policy
 from scheduler.storage import Database, JobStatus, JobStore, utcnow
-from scheduler.storage.tables import Job
+from scheduler.storage.tables import Job, JobAttempt
 from tests.conftest import make_settings
 from tests.integration.tickkit import register_workers
 
@@ -25,11 +25,16 @@ COUNTRIES = ["France", "Spain", "Italy", "Peru", "Chile", "Japan", "Kenya", "Egy
 
 def labelled(db: Database, now: dt.datetime, prompt: str, model: str, score: float,
              promised: float | None = None) -> None:
+    """A job answered once by ``model`` and labelled ``score`` (the job and its one attempt, as a
+    worker and feedback write them)."""
     job, _ = JobStore(db).submit_job("t", JobSpec(prompt=prompt), now)
     with db.session() as session:
         session.execute(update(Job).where(Job.id == job.id).values(
             status=JobStatus.SUCCEEDED, assigned_model=model, score=score, score_source="feedback",
-            scored_at=now, output_tokens=8, result_text="x", predicted_quality=promised))
+            scored_at=now, output_tokens=8, result_text="x", predicted_quality=promised, attempts=1,
+            accepted_attempt=1))
+        session.add(JobAttempt(job_id=job.id, attempt=1, model=model, answer="x", output_tokens=8, score=score,
+                               score_source="feedback", scored_at=now, created_at=now, decision="accepted"))
 
 
 def seed_history(db: Database, now: dt.datetime) -> None:
