@@ -91,11 +91,13 @@ class Scheduler:
 
     def tick(self, *, dry_run: bool = False, term: LeaderTerm | None = None) -> TickReport:
         if self.learner is not None:
-            # The newest fitted predictor, and what the outcomes so far say, plan this window.
+            # The newest fitted predictor and cascade model, and what the outcomes so far say,
+            # plan this window.
             predictor, feedback = self.learner.predictor(), self.learner.feedback()
             self.policy = OptimizingPolicy(
                 self.fleet, predictor, horizon_s=self.settings.plan_horizon_s,
-                exploration=self.learner.exploration(), feedback=feedback, rng=self._exploration_rng)
+                exploration=self.learner.exploration(), feedback=feedback, rng=self._exploration_rng,
+                cascade=self.learner.cascade_model())
             if self.metrics is not None:
                 self.metrics.observe_learning(predictor.version, dict(zip(self.fleet.names, feedback.label_counts)),
                                               feedback.promise_gap)

@@ -20,6 +20,9 @@ def register(app: typer.Typer) -> None:
 def fit(dataset: Annotated[Optional[list[Path]], typer.Option(
             "--dataset", help="Outcome data (interchange JSONL) to learn from besides the job history.")] = None,
         split: Annotated[Optional[str], typer.Option(help="Use only this split of the datasets (train/test).")] = None,
+        cascade: Annotated[bool, typer.Option(
+            "--cascade", help="Also fit the cascade model on the datasets' answers (several fleet models per job), "
+                              "so the tick may plan cascades.")] = False,
         ) -> None:
     """Fit the predictor on labelled job history (+ datasets) and save a new version for the tick."""
     from scheduler.datasets.io import read_dataset
@@ -32,6 +35,11 @@ def fit(dataset: Annotated[Optional[list[Path]], typer.Option(
     learner = Learner(current, Database(current.database_url), load_fleet(current.fleet_file))
     version = learner.refit(utcnow(), records)
     typer.echo(f"predictor {current.predictor_kind} version {version} saved to {learner.versions.path(version)}")
+    if cascade:
+        version = learner.refit_cascade(utcnow(), records)
+        strategies = learner.cascades.load(version).strategies
+        typer.echo(f"cascade model version {version} ({len(strategies)} strategies) saved to "
+                   f"{learner.cascades.path(version)}")
 
 
 @clean_errors

@@ -1,6 +1,8 @@
-"""Keeps the tick's predictor and the review's answer judge current: loads the newest fitted
-version of each, refits both when enough new labels have arrived (in a background thread, so the
-tick never waits for a fit).
+"""Keeps the tick's predictor, the policy's cascade model and the review's answer judge current:
+loads the newest fitted version of each, refits the predictor and the judge when enough new
+labels have arrived (in a background thread, so the tick never waits for a fit). The cascade
+model is fitted on outcome data where several models answered the same jobs
+(``switchyard predictor fit --dataset FILE --cascade``).
 
 The answer judge (scheduler/judging.py) learns from the same labels as the ex-ante predictor:
 every scored attempt carries the answer it scored (``LabelStore.history``), so a cascade's
@@ -10,22 +12,23 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import pickle
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from scheduler.judging import AnswerJudge
+from scheduler.cascade import CascadeModel
+from scheduler.cascade_fit import fit_cascade_model
+from scheduler.estimates import DEFAULT_OUTPUT_TOKENS
+from scheduler.datasets.costing import OutcomeMatrix
 from scheduler.datasets.records import OutcomeRecord
+from scheduler.judging import AnswerJudge
 from scheduler.fleet import Fleet
 from scheduler.learning.judge import fit_posthoc_judge
 from scheduler.learning.exploration import Exploration, Feedback, promise_gap
 from scheduler.learning.fleet_predictor import FleetPredictor, PredictionCache
 from scheduler.learning.training import TrainingSet, training_set
-from scheduler.learning.versions import PredictorVersions
+from scheduler.learning.versions import Newest, PickledVersions, PredictorVersions
 from scheduler.predictor import Predictor, PredictorError, make_predictor
 from scheduler.settings import Settings
 from scheduler.storage import Database
@@ -46,8 +49,6 @@ def fit_predictor(kind: str, data: TrainingSet) -> Predictor:
 # Fits an answer judge from labelled history (newest first), given the current ex-ante predictor
 # (whose p the judge may weigh); raises PredictorError when the history cannot fit one yet.
 JudgeFit = Callable[[Sequence[LabelledOutcome], FleetPredictor], AnswerJudge]
-JUDGE_PREFIX, JUDGE_SUFFIX = "judge-", ".pkl"
-_JUDGE_MAGIC = "switchyard-answer-judge"
 
 
 def fit_answer_judge(history: Sequence[LabelledOutcome], predictor: FleetPredictor) -> AnswerJudge:
@@ -56,41 +57,26 @@ def fit_answer_judge(history: Sequence[LabelledOutcome], predictor: FleetPredict
     return fit_posthoc_judge(history, predictor.fleet.names)
 
 
-class JudgeVersions:
-    """Fitted answer judges on disk, one pickle per version; the newest is the one in use."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def save(self, judge: AnswerJudge, now: dt.datetime) -> str:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        version = now.strftime("%Y%m%dT%H%M%S%fZ")
-        temporary = self.directory / f".{JUDGE_PREFIX}{version}{JUDGE_SUFFIX}.tmp"
-        temporary.write_bytes(pickle.dumps({"magic": _JUDGE_MAGIC, "judge": judge}, protocol=pickle.HIGHEST_PROTOCOL))
-        os.replace(temporary, self.path(version))
-        return version
-
-    def latest(self) -> str | None:
-        if not self.directory.is_dir():
-            return None
-        versions = sorted(p.name[len(JUDGE_PREFIX):-len(JUDGE_SUFFIX)]
-                          for p in self.directory.glob(f"{JUDGE_PREFIX}*{JUDGE_SUFFIX}"))
-        return versions[-1] if versions else None
-
-    def load(self, version: str) -> AnswerJudge:
-        """Read a judge this Switchyard wrote (a pickle: only load files you wrote)."""
-        path = self.path(version)
-        try:
-            blob = pickle.loads(path.read_bytes())
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-            raise PredictorError(f"{path}: not a readable answer judge file ({exc})") from exc
-        if not isinstance(blob, dict) or blob.get("magic") != _JUDGE_MAGIC or not hasattr(blob.get("judge"), "judge"):
-            raise PredictorError(f"{path}: not a Switchyard answer judge file")
-        judge: AnswerJudge = blob["judge"]
-        return judge
-
-    def path(self, version: str) -> Path:
-        return self.directory / f"{JUDGE_PREFIX}{version}{JUDGE_SUFFIX}"
+def fit_cascade_from_outcomes(records: Sequence[OutcomeRecord], fleet: Fleet, predictor_kind: str) -> CascadeModel:
+    """The production fit of the cascade model (scheduler/cascade_fit.py, the replay's fit) on
+    outcome data with answers whose models are the fleet's: every job there ran several models,
+    which is what a cascade's expected cost and quality are learnt from (the job history holds
+    one model per job, or a cascade's own escalations: a biased sample). A model's mean cost is
+    the fleet's price of the records' tokens."""
+    names = list(fleet.names)
+    usable = [r for r in records if any(model in names for model in r.outcomes)]
+    if not usable:
+        raise PredictorError(f"no outcome record names a fleet model ({', '.join(names)})")
+    train = OutcomeMatrix.from_records(usable, names)
+    if train.responses is None:
+        raise PredictorError("the outcome data logs no answers (outcomes[MODEL].response): no cascade to fit")
+    tokens = np.where(np.isnan(train.output_tokens), DEFAULT_OUTPUT_TOKENS, train.output_tokens)
+    mean_cost = [float(np.mean(spec.cost_usd(train.prompt_tokens, tokens[:, j], tokens[:, j] / spec.tokens_per_second_prior)))
+                 for j, spec in enumerate(fleet.models)]
+    model, _ = fit_cascade_model(train, predictor_kind, mean_cost, use_tasks=False)
+    if not model.strategies:
+        raise PredictorError("no cascade strategy could be learnt (too few jobs with answers of two models)")
+    return model
 
 
 class Learner:
@@ -101,10 +87,13 @@ class Learner:
         self.fleet = fleet
         self.labels = LabelStore(db)
         self.versions = PredictorVersions(settings.predictor_dir)
-        self.judges = JudgeVersions(settings.predictor_dir)
+        self.judges: PickledVersions[AnswerJudge] = PickledVersions(
+            settings.predictor_dir, "judge-", "answer judge", lambda artifact: hasattr(artifact, "judge"))
+        self.cascades: PickledVersions[CascadeModel] = PickledVersions(
+            settings.predictor_dir, "cascade-", "cascade model", lambda artifact: isinstance(artifact, CascadeModel))
         self._judge_fit = judge_fit or fit_answer_judge
-        self._judge: tuple[str, AnswerJudge] | None = None
-        self._unreadable_judge: str | None = None
+        self._judge = Newest(self.judges)
+        self._cascade = Newest(self.cascades)
         self._loaded: tuple[str, Predictor] | None = None
         self._unreadable: str | None = None   # the newest version, when it could not be loaded
         self._last_fit_at: dt.datetime | None = None
@@ -128,16 +117,19 @@ class Learner:
     def judge(self) -> tuple[AnswerJudge | None, str | None]:
         """The newest fitted answer judge and its version (reloaded only when a new one appears);
         (None, None) before any was fitted: then the review accepts answers as they are."""
-        version = self.judges.latest()
-        current = self._judge[0] if self._judge else None
-        if version is not None and version not in (current, self._unreadable_judge):
-            try:
-                self._judge = (version, self.judges.load(version))
-                log.info("answer judge version %s loaded", version)
-            except PredictorError as exc:
-                self._unreadable_judge = version
-                log.warning("keeping the previous answer judge: %s", exc)
-        return (self._judge[1], self._judge[0]) if self._judge else (None, None)
+        return self._judge.get()
+
+    def cascade_model(self) -> CascadeModel | None:
+        """The newest fitted cascade model for the policy (``switchyard predictor fit --cascade``),
+        or None: then the policy plans direct models only."""
+        model, _ = self._cascade.get()
+        return model if model is not None and list(model.model_names) == list(self.fleet.names) else None
+
+    def refit_cascade(self, now: dt.datetime, records: Sequence[OutcomeRecord]) -> str:
+        """Fit the cascade model on outcome data with answers and save a new version."""
+        version = self.cascades.save(fit_cascade_from_outcomes(records, self.fleet, self.settings.predictor_kind), now)
+        log.info("cascade model version %s fitted on %d outcome records", version, len(records))
+        return version
 
     def refit_judge(self, now: dt.datetime) -> str:
         """Fit the answer judge on the labelled answers of the job history and save a new version."""

@@ -1,14 +1,8 @@
 """The ``switchyard-cascade`` curve: the production policy with cascade columns, simulated truthfully.
 
-Fitting (train split only):
-
-1. the ex-ante predictor's out-of-fold p on train (:func:`cross_fit_ex_ante`), the post-hoc
-   estimator's feature;
-2. the post-hoc estimator cross-fitted on train (fit on K-1 job folds, judge the held-out fold's
-   answers, :class:`PosthocJudge`), so the cascade model learns from p on answers the estimator
-   did not learn from;
-3. :class:`scheduler.cascade.CascadeModel` on those, and the post-hoc estimator on all of train
-   for the test answers.
+Fitting (train split only): :func:`scheduler.cascade_fit.fit_cascade_model`, the fit production
+uses too (the ex-ante and post-hoc cross-fits, then the cascade model); and the post-hoc
+estimator on all of train for the test answers.
 
 Routing: each window is one ``OptimizingPolicy.plan`` on the simulated fleet
 (:mod:`scheduler.replay.simulated_fleet`) with the cascade model, so a job's plan is a direct model
@@ -27,43 +21,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import KFold
 
 from scheduler.cascade import CascadeModel, CascadeStrategy, Judge, run_cascade
+from scheduler.cascade_fit import CrossFittedJudge, fit_cascade_model
 from scheduler.datasets.costing import OutcomeMatrix
 from scheduler.plan import Plan
-from scheduler.predictor.posthoc import AnswerTable, PosthocEstimator, cross_fit_ex_ante, make_posthoc
-
-
-class PosthocJudge:
-    """Post-hoc p of a job set's real answers (:data:`scheduler.cascade.Judge`), computed once per
-    (model, answers beside it) for every job and kept. ``parts`` are (job rows, estimator, their
-    answer table): one part for the test split; one per fold for the training cross-fit, where
-    each fold's answers are judged by an estimator that did not learn from them."""
-
-    def __init__(self, n: int, m: int, parts: Sequence[tuple[np.ndarray, PosthocEstimator, AnswerTable]]) -> None:
-        self.n, self.m = n, m
-        self.parts = list(parts)
-        self._cache: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
-
-    def __call__(self, model: int, others: tuple[int, ...]) -> np.ndarray:
-        key = (model, tuple(sorted(others)))
-        if key not in self._cache:
-            p = np.full(self.n, np.nan)
-            for rows, est, table in self.parts:
-                earlier = np.zeros((len(rows), self.m), dtype=bool)
-                earlier[:, list(key[1])] = True
-                p[rows] = est.predict_table(table, np.arange(len(rows)), np.full(len(rows), model), earlier)
-                # an answer judged beside one that is missing is not the query asked: leave it unknown
-                p[rows[~table.answered[:, list(key[1])].all(axis=1)]] = np.nan
-            self._cache[key] = p
-        return self._cache[key]
+from scheduler.predictor.posthoc import make_posthoc
 
 
 @dataclass(frozen=True)
 class CascadeFit:
     model: CascadeModel
-    test: PosthocJudge      # the test jobs' answers, in arrival order
+    test: CrossFittedJudge  # the test jobs' answers, in arrival order
     fit_s: float
 
 
@@ -75,23 +44,14 @@ def fit_cascade(train: OutcomeMatrix, test: OutcomeMatrix, test_ex_ante_p: np.nd
         raise ValueError("the dataset logs no answers (outcomes[MODEL].response): no cascade to replay")
     start = time.perf_counter()
     tasks = train.tasks if use_tasks else None
-    oof_ex = cross_fit_ex_ante(predictor, train.prompts, train.scores, train.output_tokens, train.models,
-                               tasks=tasks, folds=folds, seed=seed)
-    n, m = train.scores.shape
-    parts = []
-    for fit_rows, held in KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)):
-        est = make_posthoc(posthoc, seed=seed).fit(
-            _pick(train.prompts, fit_rows), train.scores[fit_rows], train.responses[fit_rows], train.models,
-            tasks=None if tasks is None else _pick(tasks, fit_rows), ex_ante_p=oof_ex[fit_rows])
-        table = est.featurize(_pick(train.prompts, held), train.responses[held],
-                              tasks=None if tasks is None else _pick(tasks, held), ex_ante_p=oof_ex[held])
-        parts.append((held, est, table))
-    model = CascadeModel().fit(train.models, train.scores, oof_ex, PosthocJudge(n, m, parts), mean_cost_usd)
+    model, oof_ex = fit_cascade_model(train, predictor, mean_cost_usd, use_tasks=use_tasks, folds=folds, seed=seed,
+                                      posthoc=posthoc)
+    m = train.scores.shape[1]
     full = make_posthoc(posthoc, seed=seed).fit(train.prompts, train.scores, train.responses, train.models,
                                                 tasks=tasks, ex_ante_p=oof_ex)
     table = full.featurize(test.prompts, test.responses, tasks=test.tasks if use_tasks else None,
                            ex_ante_p=test_ex_ante_p)
-    judge = PosthocJudge(len(test.ids), m, [(np.arange(len(test.ids)), full, table)])
+    judge = CrossFittedJudge(len(test.ids), m, [(np.arange(len(test.ids)), full, table)])
     return CascadeFit(model, judge, time.perf_counter() - start)
 
 
@@ -134,6 +94,3 @@ def run_plans(plans: Sequence[Plan], ids: Sequence[str], column: dict[str, int],
         raise RuntimeError(f"{int(np.isnan(score).sum())} jobs were not placed by any plan")
     return CascadeRun(score, cost, runs, runs > 1)
 
-
-def _pick(items: Sequence[str], idx: np.ndarray) -> list[str]:
-    return [items[i] for i in idx]
