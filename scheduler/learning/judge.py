@@ -56,7 +56,8 @@ class PosthocJudge:
         return tuple(self.estimator.model_names)
 
     def judge(self, prompt: str, answers: Mapping[str, str], ex_ante_p: Mapping[str, float]) -> Judgement:
-        """p_post of each answer given the job's other answers; the best is the highest. Answers of
+        """p_post of each answer (in the order they ran) given the job's other answers; the best is
+        the highest, the later one on a tie. Answers of
         models the judge was not fitted on are neither judged nor weighed; a job with none it
         knows raises PredictorError (the review then accepts the latest answer, saying why)."""
         names = self.model_names
@@ -73,7 +74,9 @@ class PosthocJudge:
             [{other: answers[other] for other in known if other != model} for model in known],
             ex_ante_p=ex_ante)
         p_post = {model: float(value) for model, value in zip(known, p, strict=True)}
-        best = max(known, key=lambda model: (p_post[model], -known.index(model)))
+        # On a tie the later answer (a later cascade step: the dearer model), as the replay's
+        # scheduler.cascade.run_cascade keeps it.
+        best = max(known, key=lambda model: (p_post[model], known.index(model)))
         return Judgement(p_post=p_post, best_model=best)
 
 
