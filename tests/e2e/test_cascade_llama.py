@@ -10,9 +10,7 @@ whatever p it gives (the p itself is real and shown). Runs in about a minute on 
 """
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from scheduler.fleet import Fleet, load_fleet
 from scheduler.jobspec import JobSpec
 from scheduler.learning.learner import Learner
 from scheduler.loop import Scheduler, default_policy
-from scheduler.plan import Escalation, ModelState, Plan, WindowJob
+from scheduler.plan import Escalation
 from scheduler.settings import Settings
 from scheduler.storage import Database, JobStatus, JobStore, utcnow
 from scheduler.storage.labels import LabelStore
@@ -32,7 +30,7 @@ from scheduler.storage.results import ResultStore
 from scheduler.storage.tables import Job, JobAttempt
 from scheduler.tick import Policy, TickReport, run_tick
 from tests.conftest import bearer, create_api_key, make_settings
-from tests.integration.tickkit import register_workers
+from tests.integration.tickkit import CascadingPolicy, register_workers
 from workers.backends import make_backend
 from workers.backends.base import Backend
 from workers.runner import BatchRunner
@@ -52,25 +50,6 @@ HISTORY = [
 ]
 CASCADED = [("What is the capital of Spain?", "Madrid"), ("What is 3 + 5?", "8")]
 FORCE_ESCALATION = 1.5
-
-
-class CascadingPolicy:
-    """Test double of the policy's cascade planning: the production plan, with ``SMOL -> GEMMA``
-    added to every fresh job it sends to SmolLM2."""
-
-    def __init__(self, inner: Policy) -> None:
-        self.inner = inner
-
-    @property
-    def name(self) -> str:
-        return f"cascading({self.inner.name})"
-
-    def plan(self, jobs: Sequence[WindowJob], states: Sequence[ModelState], now: dt.datetime, tick_id: str) -> Plan:
-        plan = self.inner.plan(jobs, states, now, tick_id)
-        fresh = {job.id for job in jobs if job.escalate_to is None}
-        return dataclasses.replace(plan, assignments=tuple(
-            dataclasses.replace(a, cascade=(Escalation(FORCE_ESCALATION, GEMMA),))
-            if a.job_id in fresh and a.model == SMOL else a for a in plan.assignments))
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +93,7 @@ def test_smollm2_then_gemma_on_real_prompts(pg_db: Database, backends: dict[str,
     version = learner.refit_judge(utcnow())
     scheduler = Scheduler(settings, pg_db, fleet, default_policy(fleet, settings), dispatcher=None, learner=learner)
 
-    policy = CascadingPolicy(default_policy(fleet, settings))
+    policy = CascadingPolicy(default_policy(fleet, settings), SMOL, GEMMA, FORCE_ESCALATION)
     job_ids = [store.submit_job("default", JobSpec(prompt=q, max_tokens=24, reference=r, grader="contains"),
                                 utcnow())[0].id for q, r in CASCADED]
     report = tick(pg_db, fleet, settings, policy)

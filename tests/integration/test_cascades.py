@@ -7,9 +7,7 @@ verdict is deterministic: above 1 forces the escalation, 0 forces the accept.
 """
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from scheduler.fleet import Fleet, load_fleet
 from scheduler.jobspec import BatchSpec, JobSpec
 from scheduler.learning.learner import Learner
 from scheduler.loop import Scheduler, default_policy
-from scheduler.plan import Escalation, ModelState, Plan, WindowJob
+from scheduler.plan import Escalation
 from scheduler.settings import Settings
 from scheduler.storage import Database, JobStatus, JobStore, utcnow
 from scheduler.storage.labels import LabelStore
@@ -30,6 +28,7 @@ from scheduler.storage.tables import Job, JobAttempt
 from scheduler.storage.window import committed_spend
 from scheduler.tick import Policy, TickReport, run_tick
 from tests.conftest import bearer, create_api_key, make_settings
+from tests.integration import tickkit
 from tests.integration.tickkit import register_workers
 from workers.backends.base import GenerationRequest, GenerationResult
 from workers.backends.echo import EchoBackend
@@ -56,26 +55,8 @@ quality_prior = 0.8
 FORCE_ESCALATION, FORCE_ACCEPT = 1.5, 0.0
 
 
-class CascadingPolicy:
-    """Test double of the policy's cascade planning: the production policy's plan, with a cascade
-    ``small -> big`` added to every fresh job it sends to ``small`` (cascade_allowed is ignored on
-    purpose: storage and review must still keep ``cascade: false`` jobs to one model)."""
-
-    def __init__(self, inner: Policy, accept_at: float) -> None:
-        self.inner = inner
-        self.accept_at = accept_at
-
-    @property
-    def name(self) -> str:
-        return f"cascading({self.inner.name})"
-
-    def plan(self, jobs: Sequence[WindowJob], states: Sequence[ModelState], now: dt.datetime, tick_id: str) -> Plan:
-        plan = self.inner.plan(jobs, states, now, tick_id)
-        fresh = {job.id for job in jobs if job.escalate_to is None}
-        step = (Escalation(self.accept_at, BIG),)
-        return dataclasses.replace(plan, assignments=tuple(
-            dataclasses.replace(a, cascade=step) if a.job_id in fresh and a.model == SMALL else a
-            for a in plan.assignments))
+def CascadingPolicy(inner: Policy, accept_at: float) -> tickkit.CascadingPolicy:  # noqa: N802 - reads as the class
+    return tickkit.CascadingPolicy(inner, SMALL, BIG, accept_at)
 
 
 @pytest.fixture

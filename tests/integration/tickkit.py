@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
+from collections.abc import Sequence
 
 import redis
 
 from scheduler.fleet import Fleet
 from scheduler.jobspec import JobSpec
+from scheduler.plan import Escalation, ModelState, Plan, WindowJob
 from scheduler.storage import Beat, Database, HeartbeatStore, JobStore
 from scheduler.queues import queue_name
+from scheduler.tick import Policy
 
 
 def submit(db: Database, count: int, now: dt.datetime, **fields: object) -> list[str]:
@@ -42,3 +46,27 @@ def published_job_ids(redis_url: str, fleet: Fleet) -> dict[str, list[str]]:
     finally:
         client.close()
     return found
+
+
+class CascadingPolicy:
+    """Test double of the policy's cascade *planning* (tested on its own in
+    test_cascade_planning.py): the production policy's plan, with a one-step cascade ``first ->
+    then`` added to every fresh job it sends to ``first``, ``accept_at`` chosen by the test so the
+    judge's verdict is known (above 1 forces the escalation, 0 the accept). It ignores
+    ``cascade_allowed`` on purpose: storage and review must still keep ``cascade: false`` jobs to
+    one model."""
+
+    def __init__(self, inner: Policy, first: str, then: str, accept_at: float) -> None:
+        self.inner, self.first, self.then, self.accept_at = inner, first, then, accept_at
+
+    @property
+    def name(self) -> str:
+        return f"cascading({self.inner.name})"
+
+    def plan(self, jobs: Sequence[WindowJob], states: Sequence[ModelState], now: dt.datetime, tick_id: str) -> Plan:
+        plan = self.inner.plan(jobs, states, now, tick_id)
+        fresh = {job.id for job in jobs if job.escalate_to is None}
+        step = (Escalation(self.accept_at, self.then),)
+        return dataclasses.replace(plan, assignments=tuple(
+            dataclasses.replace(a, cascade=step) if a.job_id in fresh and a.model == self.first else a
+            for a in plan.assignments))
