@@ -59,10 +59,10 @@ def fit_answer_judge(history: Sequence[LabelledOutcome], predictor: FleetPredict
 
 def fit_cascade_from_outcomes(records: Sequence[OutcomeRecord], fleet: Fleet, predictor_kind: str) -> CascadeModel:
     """The production fit of the cascade model (scheduler/cascade_fit.py, the replay's fit) on
-    outcome data with answers whose models are the fleet's: every job there ran several models,
-    which is what a cascade's expected cost and quality are learnt from (the job history holds
-    one model per job, or a cascade's own escalations: a biased sample). A model's mean cost is
-    the fleet's price of the records' tokens."""
+    outcome data with answers, its models named as the fleet names them. A cascade's expected cost
+    and quality are learnt from prompts that several models answered, which such data has and the
+    job history has not (one model per job, or a cascade's own escalations: a biased sample). A
+    model's mean cost is the fleet's price of the records' tokens."""
     names = list(fleet.names)
     usable = [r for r in records if any(model in names for model in r.outcomes)]
     if not usable:
@@ -71,7 +71,8 @@ def fit_cascade_from_outcomes(records: Sequence[OutcomeRecord], fleet: Fleet, pr
     if train.responses is None:
         raise PredictorError("the outcome data logs no answers (outcomes[MODEL].response): no cascade to fit")
     tokens = np.where(np.isnan(train.output_tokens), DEFAULT_OUTPUT_TOKENS, train.output_tokens)
-    mean_cost = [float(np.mean(spec.cost_usd(train.prompt_tokens, tokens[:, j], tokens[:, j] / spec.tokens_per_second_prior)))
+    mean_cost = [float(np.mean(spec.cost_usd(train.prompt_tokens, tokens[:, j],
+                                             tokens[:, j] / spec.tokens_per_second_prior)))
                  for j, spec in enumerate(fleet.models)]
     model, _ = fit_cascade_model(train, predictor_kind, mean_cost, use_tasks=False)
     if not model.strategies:
