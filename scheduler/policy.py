@@ -22,11 +22,12 @@ from typing import Protocol
 import numpy as np
 
 from scheduler.cascade import CascadeModel
+from scheduler.cascade_columns import OptimizerColumns, cascade_assignment, with_cascades
 from scheduler.estimates import WindowEstimates, estimate_window, free_capacity, seconds_until
 from scheduler.fleet import Fleet
 from scheduler.learning.exploration import NOT_PINNED, Exploration, Feedback, restrict_to_pinned
 from scheduler.optimizer import AssignmentProblem, solve
-from scheduler.plan import Assignment, Deferral, Ending, Escalation, ModelState, Plan, WindowJob
+from scheduler.plan import Assignment, Deferral, Ending, ModelState, Plan, WindowJob
 from scheduler.urgency import deferral_penalty_usd, fair_share_penalty_usd, within_fair_share
 
 # Small windows go to the exact MILP (one job is a large share of the cost there, and HiGHS proves
@@ -128,9 +129,9 @@ class OptimizingPolicy:
         penalty = np.where([j.must_place for j in live], np.inf, penalty)
         # The promise check: where recent outcomes fell short of the predicted p, ask for more.
         alpha = np.minimum(alpha + self.feedback.promise_gap, 1.0)
-        columns = _Columns(est.cost_usd, est.p_success, capacity, restrict_to_pinned(eligibility.mask, pinned))
+        columns = OptimizerColumns(est.cost_usd, est.p_success, capacity, restrict_to_pinned(eligibility.mask, pinned))
         if self.cascade is not None:
-            columns = _with_cascades(columns, self.cascade, live, est, pinned)
+            columns = with_cascades(columns, self.cascade, live, est, pinned)
         problem = AssignmentProblem(
             cost_usd=columns.cost_usd, p_success=columns.p_success, capacity=columns.capacity,
             eligible=columns.eligible, group=group, alpha=alpha, deferral_penalty_usd=penalty)
@@ -153,7 +154,7 @@ class OptimizingPolicy:
                 deferrals.append(Deferral(job.id, "no model can finish before the deadline; expired as asked",
                                           Ending.EXPIRED))
             elif j >= len(names):
-                assignments.append(_cascade_assignment(job, i, j - len(names), columns, self.cascade, names,
+                assignments.append(cascade_assignment(job, i, j - len(names), columns, self.cascade, names,
                                                        reasons.constraint(job)))
             elif j >= 0 and job.escalate_to is not None:
                 assignments.append(Assignment(
@@ -385,64 +386,6 @@ class _Reasons:
             if self.promise_gap > 0:
                 constraint += f" (+{self.promise_gap:.2f} promise margin)"
         return constraint
-
-
-@dataclass(frozen=True)
-class _Columns:
-    """The optimizer's columns: the M fleet models, then any cascade strategies."""
-
-    cost_usd: np.ndarray       # (N, M + S) expected cost
-    p_success: np.ndarray      # (N, M + S) expected quality
-    capacity: np.ndarray       # (M + S,)
-    eligible: np.ndarray       # (N, M + S)
-    escalate_p: np.ndarray | None = None   # (N, S) the chance a cascade column's second model runs
-
-    @property
-    def num_cascades(self) -> int:
-        return 0 if self.escalate_p is None else int(self.escalate_p.shape[1])
-
-
-def _with_cascades(columns: _Columns, cascade: CascadeModel, jobs: Sequence[WindowJob], est: WindowEstimates,
-                   pinned: np.ndarray) -> _Columns:
-    """``columns`` plus one column per cascade strategy (scheduler/cascade.py): expected cost (each
-    of its models' cost times the chance it runs), expected final quality. A strategy is offered to
-    a job only where each of its models is eligible for it on its own, all of them together fit its
-    cost caps, it has no deadline (escalations run in later ticks) and it is not exploring; and only
-    when its first model's free capacity covers the whole window, because a column has one
-    capacity row: the first model's slot now (an escalation competes for capacity when it comes
-    back)."""
-    if len(cascade.model_names) != est.cost_usd.shape[1] or not cascade.strategies:
-        return columns
-    n = est.cost_usd.shape[0]
-    quality, runs = cascade.estimate(est.p_success)
-    models = [list(strategy.models) for strategy in cascade.strategies]
-    cost = np.column_stack([(run * est.cost_usd[:, ms]).sum(axis=1) for run, ms in zip(runs, models, strict=True)])
-    worst_cost = np.column_stack([est.cost_usd[:, ms].sum(axis=1) for ms in models])
-    all_eligible = np.column_stack([columns.eligible[:, ms].all(axis=1) for ms in models])
-    first = np.array([strategy.first for strategy in cascade.strategies])
-    floor = np.array([job.min_quality if job.min_quality is not None else 0.0 for job in jobs])
-    cap = np.array([min(np.inf if limit is None else limit for limit in
-                        (job.max_cost_usd, job.batch_budget_left_usd, job.tenant_budget_left_usd)) for job in jobs])
-    plain = np.array([job.deadline_at is None and job.cascade_allowed and job.escalate_to is None
-                      for job in jobs]) & (pinned == NOT_PINNED)
-    eligible = (all_eligible & plain[:, None] & (quality >= floor[:, None]) & (worst_cost <= cap[:, None])
-                & (columns.capacity[first] >= n)[None, :])
-    escalate = np.column_stack([run[:, 1] for run in runs])
-    return _Columns(np.hstack([columns.cost_usd, cost]), np.hstack([columns.p_success, np.clip(quality, 0.0, 1.0)]),
-                    np.concatenate([columns.capacity, np.full(len(first), n, dtype=columns.capacity.dtype)]),
-                    np.hstack([columns.eligible, eligible]), escalate)
-
-
-def _cascade_assignment(job: WindowJob, i: int, s: int, columns: _Columns, cascade: CascadeModel | None,
-                        names: Sequence[str], constraint: str) -> Assignment:
-    assert cascade is not None and columns.escalate_p is not None
-    strategy = cascade.strategies[s]
-    j = len(names) + s
-    quality, cost = float(columns.p_success[i, j]), float(columns.cost_usd[i, j])
-    reason = (f"cascade: {cascade.describe(s, names)} (expected p={quality:.2f}, P(second model runs)="
-              f"{columns.escalate_p[i, s]:.2f}, est ${cost:.6f}); cheapest plan meeting {constraint} within capacity")
-    steps = tuple(Escalation(t, names[nxt]) for nxt, t in zip(strategy.models[1:], strategy.accept_at, strict=True))
-    return Assignment(job.id, names[strategy.first], quality, cost, reason, cascade=steps)
 
 
 def _budget_notes(jobs: Sequence[WindowJob]) -> list[str]:

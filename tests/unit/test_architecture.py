@@ -58,7 +58,8 @@ def test_model_engines_are_imported_only_by_their_backends(engine: str) -> None:
 
 def test_the_decision_imports_no_broker_no_database_and_no_web() -> None:
     pure = ("scheduler.optimizer", "scheduler.policy", "scheduler.plan", "scheduler.estimates", "scheduler.urgency",
-            "scheduler.costs", "scheduler.predictor", "scheduler.learning.exploration")
+            "scheduler.costs", "scheduler.predictor", "scheduler.learning.exploration", "scheduler.cascade",
+            "scheduler.cascade_columns", "scheduler.cascade_fit", "scheduler.review", "scheduler.judging")
     outside = ("celery", "kombu", "sqlalchemy", "fastapi", "scheduler.storage", "scheduler.settings", "scheduler.api")
     broken = {(m, i) for m, imports in MODULES.items() if in_room(m, *pure)
               for i in imports if in_room(i, *outside)}
