@@ -169,7 +169,7 @@ def test_a_weak_first_answer_escalates_and_the_best_answer_is_accepted(
     job = job_row(pg_db, job_id)
     first, second = attempts(pg_db, job_id)
     assert second.model == BIG and second.p_post is not None
-    best = first if first.p_post >= second.p_post else second   # a tie goes to the earlier answer
+    best = second if second.p_post >= first.p_post else first   # a tie goes to the later answer
     assert (job.status, job.accepted_attempt, job.assigned_model) == (JobStatus.SUCCEEDED, best.attempt, best.model)
     assert job.result_text == best.answer and job.score == best.score == 1.0
     assert job.cost_usd == pytest.approx(first.cost_usd + second.cost_usd)
