@@ -13,7 +13,6 @@ may carry its escalation steps as data (``Assignment.cascade``).
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -170,7 +169,7 @@ class OptimizingPolicy:
                 deferrals.append(Deferral(job.id, eligibility.blocked_by[i] or ""))
             else:
                 deferrals.append(Deferral(job.id, CAPACITY_REASON if inside_share[i] else FAIR_SHARE_REASON))
-        return Plan(tick_id, now, self.name, _no_forbidden_cascades(assignments, live), tuple(deferrals),
+        return Plan(tick_id, now, self.name, tuple(assignments), tuple(deferrals),
                     objective_usd=solution.objective_usd, lower_bound_usd=solution.lower_bound_usd,
                     solver=method, solver_status=solution.status.value, solve_s=solution.solve_time_s,
                     notes=(f"solver {solution.solver} {solution.status.value} in {solution.solve_time_s * 1e3:.1f} ms",
@@ -233,14 +232,6 @@ def _escalation_reason(job: WindowJob, reasons: _Reasons, i: int, j: int) -> str
     return (f"escalation: the answer of {ran} was judged too weak, so its cascade runs {job.escalate_to}{rest}: "
             f"{reasons.names[j]} p={reasons.p[i][j]:.2f} est ${reasons.cost[i][j]:.6f} "
             f"{reasons.latency[i][j]:.1f}s{late}")
-
-
-def _no_forbidden_cascades(assignments: Sequence[Assignment], jobs: Sequence[WindowJob]) -> tuple[Assignment, ...]:
-    """A job that may not cascade (its or its batch's ``cascade: false``) gets one model, its answer
-    accepted as it is, whatever was planned for it."""
-    forbidden = {job.id for job in jobs if not job.cascade_allowed}
-    return tuple(dataclasses.replace(a, cascade=()) if a.cascade and a.job_id in forbidden else a
-                 for a in assignments)
 
 
 def _deferral_penalty(jobs: Sequence[WindowJob], est: WindowEstimates, now: dt.datetime) -> np.ndarray:

@@ -78,6 +78,8 @@ find at once.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -619,14 +621,14 @@ def _binary(x: Any, y: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
     return x[_binary_rows(y)], ys, ws
 
 
-class _Component:
+class _Component(ABC):
     """One raw learner on the query features: fitted per fold and on everything, then blended."""
 
-    def fit(self, x: np.ndarray, y: np.ndarray, models: np.ndarray, m: int, model_column: bool) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def fit(self, x: np.ndarray, y: np.ndarray, models: np.ndarray, m: int, model_column: bool) -> None: ...
 
-    def predict(self, x: np.ndarray, models: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def predict(self, x: np.ndarray, models: np.ndarray) -> np.ndarray: ...
 
 
 class _Trees(_Component):
