@@ -9,6 +9,10 @@ from, or the planner would believe both more than they deserve. So, on the train
 2. the post-hoc estimator cross-fitted: fit on K-1 job folds, judge the held-out fold's real
    answers (:class:`CrossFittedJudge`);
 3. :meth:`scheduler.cascade.CascadeModel.fit` on those.
+
+A diagnostic may hand in what steps 1 and 2 compute (``ex_ante_oof``, ``posthoc_judge``): e.g.
+``scripts/posthoc_needed.py`` fits the cascade model from a synthetic post-hoc estimator to ask how
+good the real one must be. Production and the replay pass neither.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import KFold
 
-from scheduler.cascade import CascadeModel
+from scheduler.cascade import CascadeModel, Judge
 from scheduler.datasets.costing import OutcomeMatrix
 from scheduler.predictor.posthoc import AnswerTable, PosthocEstimator, cross_fit_ex_ante, make_posthoc
 
@@ -48,28 +52,52 @@ class CrossFittedJudge:
 
 
 def fit_cascade_model(train: OutcomeMatrix, predictor: str, mean_cost_usd: Sequence[float], *,
-                      use_tasks: bool, folds: int = 3, seed: int = 0, posthoc: str = "posthoc"
+                      use_tasks: bool, folds: int = 3, seed: int = 0, posthoc: str = "posthoc",
+                      ex_ante_oof: np.ndarray | None = None, posthoc_judge: Judge | None = None
                       ) -> tuple[CascadeModel, np.ndarray]:
     """The cascade model fitted on ``train`` (see the module doc), and the ex-ante predictor's
     out-of-fold p on train that it used (the post-hoc estimator's feature, for a caller that
     fits a post-hoc estimator on all of train too). ``mean_cost_usd``: each model's mean cost of a
-    job, which orders the strategies' models from cheap to dear."""
+    job, which orders the strategies' models from cheap to dear.
+
+    Injection (diagnostics only; None, the default, computes them here): ``ex_ante_oof`` (N, M)
+    the out-of-fold ex-ante p on train, used instead of cross-fitting the ex-ante predictor;
+    ``posthoc_judge`` the post-hoc p of train's answers (a :data:`scheduler.cascade.Judge` over
+    train's rows), used instead of cross-fitting the post-hoc estimator ``posthoc``."""
     if train.responses is None:
         raise ValueError("the outcome data logs no answers (outcomes[MODEL].response): no cascade to fit")
     tasks = train.tasks if use_tasks else None
-    oof_ex = cross_fit_ex_ante(predictor, train.prompts, train.scores, train.output_tokens, train.models,
-                               tasks=tasks, folds=folds, seed=seed)
+    n, m = train.scores.shape
+    if ex_ante_oof is not None:
+        if ex_ante_oof.shape != (n, m):
+            raise ValueError(f"ex_ante_oof has shape {ex_ante_oof.shape}, train has {(n, m)}")
+        oof_ex = ex_ante_oof
+    else:
+        oof_ex = cross_fit_ex_ante(predictor, train.prompts, train.scores, train.output_tokens, train.models,
+                                   tasks=tasks, folds=folds, seed=seed)
+    judge = posthoc_judge if posthoc_judge is not None else _cross_fitted_judge(
+        train, oof_ex, tasks, folds=folds, seed=seed, posthoc=posthoc)
+    model = CascadeModel().fit(train.models, train.scores, oof_ex, judge, mean_cost_usd)
+    return model, oof_ex
+
+
+def _cross_fitted_judge(train: OutcomeMatrix, oof_ex: np.ndarray, tasks: Sequence[str] | None, *, folds: int,
+                        seed: int, posthoc: str) -> CrossFittedJudge:
+    """The post-hoc estimator cross-fitted on ``train``: each fold's answers judged by one fitted
+    on the other folds."""
+    responses = train.responses
+    if responses is None:
+        raise ValueError("the outcome data logs no answers: no post-hoc estimator to cross-fit")
     n, m = train.scores.shape
     parts = []
     for fit_rows, held in KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)):
         est = make_posthoc(posthoc, seed=seed).fit(
-            _pick(train.prompts, fit_rows), train.scores[fit_rows], train.responses[fit_rows], train.models,
+            _pick(train.prompts, fit_rows), train.scores[fit_rows], responses[fit_rows], train.models,
             tasks=None if tasks is None else _pick(tasks, fit_rows), ex_ante_p=oof_ex[fit_rows])
-        table = est.featurize(_pick(train.prompts, held), train.responses[held],
+        table = est.featurize(_pick(train.prompts, held), responses[held],
                               tasks=None if tasks is None else _pick(tasks, held), ex_ante_p=oof_ex[held])
         parts.append((held, est, table))
-    model = CascadeModel().fit(train.models, train.scores, oof_ex, CrossFittedJudge(n, m, parts), mean_cost_usd)
-    return model, oof_ex
+    return CrossFittedJudge(n, m, parts)
 
 
 def _pick(items: Sequence[str], idx: np.ndarray) -> list[str]:

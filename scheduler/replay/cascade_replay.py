@@ -43,16 +43,24 @@ def fit_cascade(train: OutcomeMatrix, test: OutcomeMatrix, test_ex_ante_p: np.nd
     if train.responses is None or test.responses is None:
         raise ValueError("the dataset logs no answers (outcomes[MODEL].response): no cascade to replay")
     start = time.perf_counter()
-    tasks = train.tasks if use_tasks else None
     model, oof_ex = fit_cascade_model(train, predictor, mean_cost_usd, use_tasks=use_tasks, folds=folds, seed=seed,
                                       posthoc=posthoc)
-    m = train.scores.shape[1]
+    judge = posthoc_test_judge(train, test, oof_ex, test_ex_ante_p, use_tasks=use_tasks, seed=seed, posthoc=posthoc)
+    return CascadeFit(model, judge, time.perf_counter() - start)
+
+
+def posthoc_test_judge(train: OutcomeMatrix, test: OutcomeMatrix, train_ex_ante_oof: np.ndarray,
+                       test_ex_ante_p: np.ndarray, *, use_tasks: bool, seed: int = 0, posthoc: str = "posthoc"
+                       ) -> CrossFittedJudge:
+    """The post-hoc estimator fitted on all of ``train`` (with the ex-ante predictor's out-of-fold
+    p there as its feature), judging ``test``'s answers (with its ex-ante p)."""
+    if train.responses is None or test.responses is None:
+        raise ValueError("the dataset logs no answers (outcomes[MODEL].response): no post-hoc estimator to fit")
     full = make_posthoc(posthoc, seed=seed).fit(train.prompts, train.scores, train.responses, train.models,
-                                                tasks=tasks, ex_ante_p=oof_ex)
+                                                tasks=train.tasks if use_tasks else None, ex_ante_p=train_ex_ante_oof)
     table = full.featurize(test.prompts, test.responses, tasks=test.tasks if use_tasks else None,
                            ex_ante_p=test_ex_ante_p)
-    judge = CrossFittedJudge(len(test.ids), m, [(np.arange(len(test.ids)), full, table)])
-    return CascadeFit(model, judge, time.perf_counter() - start)
+    return CrossFittedJudge(len(test.ids), train.scores.shape[1], [(np.arange(len(test.ids)), full, table)])
 
 
 @dataclass(frozen=True)
