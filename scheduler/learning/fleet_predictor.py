@@ -71,22 +71,26 @@ class FleetPredictor:
             return []
         return [keys[i] for i in self.cache.missing(self.version, keys)]
 
-    def predict(self, prompts: Sequence[str], keys: Sequence[str] | None = None) -> FleetPrediction:
+    def predict(self, prompts: Sequence[str], keys: Sequence[str] | None = None,
+                tasks: Sequence[str] | None = None) -> FleetPrediction:
         """p and output tokens per (prompt, fleet model); ``keys`` (job ids) let the cache skip
-        jobs this version has already scored."""
-        if keys is None or self.cache is None:
-            return self._predict(prompts)
+        jobs this version has already scored. ``tasks``: a category label per prompt, for a
+        predictor fitted with them (``TrainingSet.tasks``). Production jobs carry none and the
+        tick passes none; the replay does. Predictions with tasks bypass the cache, so that a key
+        always maps to what the job's prompt alone predicts."""
+        if keys is None or self.cache is None or tasks is not None:
+            return self._predict(prompts, tasks)
         missing = self.cache.missing(self.version, keys)
         if missing:
             self.cache.put([keys[i] for i in missing], self._predict([prompts[i] for i in missing]))
         return self.cache.get(keys, len(self.fleet.models))
 
-    def _predict(self, prompts: Sequence[str]) -> FleetPrediction:
+    def _predict(self, prompts: Sequence[str], tasks: Sequence[str] | None = None) -> FleetPrediction:
         n, m = len(prompts), len(self.fleet.models)
         p = np.tile(self._priors, (n, 1))
         tokens: np.ndarray | None = None
         if self.fitted is not None and n:
-            prediction = self.fitted.predict(list(prompts))
+            prediction = self.fitted.predict(list(prompts), tasks=None if tasks is None else list(tasks))
             known = {name: k for k, name in enumerate(prediction.model_names)}
             for j, name in enumerate(self.fleet.names):
                 if name in known:

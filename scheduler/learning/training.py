@@ -20,6 +20,9 @@ class TrainingSet:
     scores: np.ndarray              # (N, M), nan = unobserved
     output_tokens: np.ndarray       # (N, M), nan = unknown
     model_names: list[str]
+    # Per row, a category label the predictor may use as a prior. Production jobs carry none, so
+    # production builds leave it None; the replay passes each record's task (``--use-task``).
+    tasks: list[str] | None = None
 
     @property
     def num_labels(self) -> int:
