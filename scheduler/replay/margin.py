@@ -23,9 +23,8 @@ from sklearn.model_selection import KFold
 
 from scheduler.datasets.costing import OutcomeMatrix
 from scheduler.datasets.records import ModelPrice
-from scheduler.predictor import make_predictor
 from scheduler.replay.policies import SolverChoice
-from scheduler.replay.simulated_fleet import PolicyRouter, simulated_fleet
+from scheduler.replay.simulated_fleet import PolicyRouter, production_fit, simulated_fleet
 
 DEFAULT_Z = 1.645
 
@@ -67,8 +66,7 @@ def cross_validated_bias(
         held = held.subset(held.complete_rows())
         if len(held.ids) == 0:
             continue
-        predictor = make_predictor(predictor_name).fit(
-            fit.prompts, fit.scores, fit.output_tokens, fit.models, tasks=fit.tasks if use_tasks else None)
+        predictor = production_fit(predictor_name, fit, use_tasks)
         pred = predictor.predict(held.prompts, tasks=held.tasks if use_tasks else None)
         order = rng.permutation(len(held.ids))
         p, s = pred.p_success[order], held.scores[order]

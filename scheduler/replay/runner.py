@@ -22,13 +22,13 @@ import numpy as np
 from scheduler.datasets.costing import DEFAULT_ASSUMED_OUTPUT_TOKENS, OutcomeMatrix, realised_cost_usd
 from scheduler.datasets.records import OutcomeDataset, Split
 from scheduler.errors import InvalidRequest
-from scheduler.predictor import Prediction, Predictor, calibration_report, make_predictor
+from scheduler.predictor import Prediction, Predictor, calibration_report
 from scheduler.replay import policies as pol
 from scheduler.replay.cascade_replay import CascadeFit, fit_cascade, run_plans
 from scheduler.replay.costs import decision_cost_usd
 from scheduler.replay.frontier import DEFAULT_REFINE_STEPS, refine_reach_best
 from scheduler.replay.margin import DEFAULT_Z, SafetyMargin, cross_validated_bias
-from scheduler.replay.simulated_fleet import PolicyRouter, simulated_fleet
+from scheduler.replay.simulated_fleet import PolicyRouter, production_fit, simulated_fleet
 from scheduler.replay.report import BestSingle, PolicyPoint, ReplayReport, make_point
 
 Progress = Callable[[str, int, int], None]   # (what is running now, steps done, steps in all)
@@ -115,10 +115,7 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
     fit_s: dict[str, float] = {}
     for name in (config.predictor, "eccos-r"):
         start = time.perf_counter()
-        fits[name] = make_predictor(name).fit(
-            train.prompts, train.scores, train.output_tokens, train.models,
-            tasks=train.tasks if config.use_tasks else None,
-        )
+        fits[name] = production_fit(name, train, config.use_tasks)
         preds[name] = fits[name].predict(
             [test.prompts[i] for i in order], tasks=[test.tasks[i] for i in order] if config.use_tasks else None,
         )

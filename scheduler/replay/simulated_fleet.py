@@ -32,8 +32,11 @@ from scheduler.datasets.costing import OutcomeMatrix
 from scheduler.datasets.records import ModelPrice
 from scheduler.cascade import CascadeModel
 from scheduler.fleet import BackendKind, Fleet, ModelSpec
+from scheduler.learning.learner import fit_predictor
+from scheduler.learning.training import TrainingSet
 from scheduler.plan import ModelState, Plan, WindowJob
 from scheduler.policy import OptimizingPolicy
+from scheduler.predictor import Predictor
 from scheduler.replay.costs import decision_prices
 from scheduler.replay.policies import SolverChoice
 
@@ -57,14 +60,27 @@ def fleet_names(models: Sequence[str]) -> list[str]:
 
 
 def simulated_fleet(models: Sequence[str], prices: dict[str, ModelPrice], train: OutcomeMatrix,
-                    window: int) -> Fleet:
-    """The dataset's models as a token-priced fleet that can take a whole window each."""
+                    window: int, quality_prior: float = 0.5) -> Fleet:
+    """The dataset's models as a token-priced fleet that can take a whole window each.
+    ``quality_prior``: every model's fleet-file prior (``ModelSpec.quality_prior``), the p the
+    production ``FleetPredictor`` gives a model its fitted predictor does not know (online replay)."""
     pin, pout = decision_prices(list(models), prices, train)
     return Fleet(models=tuple(
         ModelSpec(name=name, backend=BackendKind.ECHO, weights=f"replay:{model}",
                   usd_per_mtok_input=float(pin[j]), usd_per_mtok_output=float(pout[j]),
-                  capacity_jobs=max(window, 1))
+                  capacity_jobs=max(window, 1), quality_prior=quality_prior)
         for j, (name, model) in enumerate(zip(fleet_names(models), models, strict=True))))
+
+
+def production_fit(kind: str, data: OutcomeMatrix, use_tasks: bool,
+                   model_names: Sequence[str] | None = None) -> Predictor:
+    """The production fit (``scheduler.learning.learner.fit_predictor``) on a replay's outcome
+    matrix, its columns named ``model_names`` (default: the dataset's); with ``use_tasks`` the
+    records' task labels go along (production jobs carry none). Raises PredictorError as
+    production does when there is nothing to fit."""
+    return fit_predictor(kind, TrainingSet(
+        list(data.prompts), data.scores, data.output_tokens, list(model_names or data.models),
+        tasks=list(data.tasks) if use_tasks else None))
 
 
 def ample_states(fleet: Fleet, jobs: int) -> list[ModelState]:
@@ -137,13 +153,29 @@ class PolicyRouter:
         return self.picks(self.plans(alpha))
 
     def picks(self, plans: Sequence[Plan]) -> np.ndarray:
-        row = {job_id: i for i, job_id in enumerate(self.ids)}
-        chosen = np.full(len(self.ids), -1, dtype=np.int64)
-        for plan in plans:
-            if plan.deferrals:
-                # Ample capacity and must_place: a deferral here is a bug, not a routing choice.
-                raise RuntimeError(f"the simulated fleet deferred {len(plan.deferrals)} jobs: "
-                                   f"{plan.deferrals[0].reason}")
-            for assignment in plan.assignments:
-                chosen[row[assignment.job_id]] = self.column[assignment.model]
-        return chosen
+        return read_plans(plans, self.ids, self.column).model
+
+
+@dataclass(frozen=True)
+class PlannedPicks:
+    model: np.ndarray       # (N,) the model column each job was assigned to
+    p: np.ndarray           # (N,) the p the plan promised for it
+    exploring: np.ndarray   # (N,) bool: the job was pinned to explore its model
+
+
+def read_plans(plans: Sequence[Plan], ids: Sequence[str], column: dict[str, int]) -> PlannedPicks:
+    """Per job of ``ids``, what ``plans`` assigned it (every job must have been placed)."""
+    row = {job_id: i for i, job_id in enumerate(ids)}
+    chosen = np.full(len(ids), -1, dtype=np.int64)
+    p = np.full(len(ids), np.nan)
+    exploring = np.zeros(len(ids), dtype=bool)
+    for plan in plans:
+        if plan.deferrals:
+            # Ample capacity and must_place: a deferral here is a bug, not a routing choice.
+            raise RuntimeError(f"the simulated fleet deferred {len(plan.deferrals)} jobs: "
+                               f"{plan.deferrals[0].reason}")
+        for assignment in plan.assignments:
+            i = row[assignment.job_id]
+            chosen[i], p[i] = column[assignment.model], assignment.predicted_quality
+            exploring[i] = assignment.exploring
+    return PlannedPicks(chosen, p, exploring)
