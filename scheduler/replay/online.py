@@ -1,17 +1,21 @@
 """Online replay: learn from bandit feedback while routing, and measure regret against the oracle.
 
-Arrivals come in windows; each learning policy scores a window with its *current* predictor,
-the real optimizer picks one model per job (mean p >= one fixed alpha), and only the chosen
-model's outcome is revealed and added to that policy's history (nan elsewhere). Refits follow
-windows (``refit_every``, plus early ones on a cold start), as the tick loads a version between
-ticks. Policies: ``switchyard`` (the production learner: least-tried-first ``Exploration`` on a
-budgeted share of each window), ``greedy`` (the same without exploration; with
-``promise_check_labels`` both add the measured gap between promised and realised success to
-alpha), ``static`` (fitted once on the train split), ``best-single``
-and ``oracle`` (the optimizer on realised outcomes). Score regret sums the successes lost against
-the oracle; cost regret the extra USD; both are reported, with regret *rates* over the first and
-last quarter of the stream to show convergence. ``--online`` starts from the train split,
-``--cold`` from nothing (p = Beta-smoothed mean of what a model has shown, 0.5 untried).
+Arrivals come in windows. Each learning policy decides a window as the tick does: one call of the
+production ``scheduler.policy.OptimizingPolicy.plan`` on a simulated fleet
+(:mod:`scheduler.replay.simulated_fleet`: ample capacity, every job placed, one batch at alpha),
+with the production ``FleetPredictor`` over its current fitted version (fleet priors for a model
+that version does not know), the production ``Exploration`` and ``Feedback`` (label counts, promise
+gap). Only the chosen model's outcome is revealed and appended to that policy's history (nan
+elsewhere). Refits use the production fit (``scheduler.learning.learner.fit_predictor``) on the
+history and follow windows (``refit_every``, plus early ones on a cold start), as the tick loads a
+version between ticks; a failed fit keeps the previous predictor. Policies: ``switchyard`` (with
+exploration), ``greedy`` (without; with ``promise_check_labels`` both get the measured gap between
+promised and realised success as the promise margin), ``static`` (fitted once on the train split),
+and the yardsticks ``best-single`` and ``oracle`` (the optimizer on realised outcomes, called
+directly). Score regret sums the successes lost against the oracle; cost regret the extra USD;
+both are reported, with regret *rates* over the first and last quarter of the stream to show
+convergence. ``--online`` starts from the train split, ``--cold`` from nothing (every model at its
+fleet prior until a fit knows it).
 
 The full description, the definitions and the results are in docs/replay-online.md.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,15 +36,28 @@ from scheduler.datasets.costing import (
     realised_cost_usd,
 )
 from scheduler.datasets.records import OutcomeDataset, Split
-from scheduler.learning.exploration import NOT_PINNED, Exploration, promise_gap, restrict_to_pinned
-from scheduler.predictor import Predictor, PredictorError, make_predictor
+from scheduler.fleet import Fleet
+from scheduler.learning.exploration import Exploration, Feedback, promise_gap
+from scheduler.learning.fleet_predictor import FleetPrediction, FleetPredictor
+from scheduler.learning.learner import fit_predictor
+from scheduler.learning.training import TrainingSet
+from scheduler.policy import OptimizingPolicy
+from scheduler.predictor import Predictor, PredictorError
 from scheduler.replay import policies as pol
-from scheduler.replay.costs import decision_cost_usd
 from scheduler.replay.online_report import OnlinePolicy, OnlineReport, WindowRow, regret_rates
 from scheduler.replay.runner import Progress, ReplayError
+from scheduler.replay.simulated_fleet import (
+    REPLAY_NOW,
+    PlannedPicks,
+    ample_states,
+    read_plans,
+    simulated_fleet,
+    window_jobs,
+)
 
 EXPLORING, GREEDY, STATIC, BEST_SINGLE, ORACLE = "switchyard", "greedy", "static", "best-single", "oracle"
 TARGET_REFITS = 8           # auto refit_every: about this many scheduled refits over the stream
+QUALITY_PRIOR = 0.5         # every simulated model's fleet prior (the fleet file's default quality_prior)
 
 
 @dataclass(frozen=True)
@@ -52,9 +70,6 @@ class OnlineConfig:
     stream: str = "test"                # "test" | "all" (train + test complete rows; --cold only)
     exploration: Exploration = field(default_factory=Exploration)
     promise_check_labels: int = 0       # recent labels whose promised-vs-realised gap is added to alpha (0 = off)
-    prior_p: float = 0.5
-    min_model_labels: int = 10          # a model is fitted once it has this many labels
-    min_fit_labels: int = 20            # no fit before this many labels in all
     solver: pol.SolverChoice = field(default_factory=pol.SolverChoice)
     assumed_output_tokens: float = DEFAULT_ASSUMED_OUTPUT_TOKENS
     use_tasks: bool = True
@@ -74,148 +89,139 @@ def auto_refit_every(n_windows: int) -> int:
     return max(1, math.ceil(n_windows / TARGET_REFITS))
 
 
-class OnlineLearner:
-    """One learning policy: a labelled history that grows by bandit feedback, and its predictor."""
+class TaskPredictor:
+    """The policy's predictor: the production ``FleetPredictor``, handed each job's task label.
 
-    def __init__(self, name: str, config: OnlineConfig, models: list[str], prices: dict,
-                 initial: OutcomeMatrix | None, stream: OutcomeMatrix, real_cost: np.ndarray,
-                 exploration: Exploration | None) -> None:
+    ``OptimizingPolicy.plan`` asks by prompts and keys (job ids); the replay's jobs carry a task
+    label that production jobs do not, so it is looked up here by id. Lengths nothing predicts
+    (a model the version does not know, a dataset without token counts) are the replay's assumed
+    length, as in the offline replay's decision cost."""
+
+    def __init__(self, predictor: FleetPredictor, tasks: dict[str, str] | None, assumed_output_tokens: float) -> None:
+        self.predictor = predictor
+        self.tasks = tasks
+        self.assumed_output_tokens = float(assumed_output_tokens)
+
+    @property
+    def name(self) -> str:
+        return self.predictor.name
+
+    def predict(self, prompts: Sequence[str], keys: Sequence[str] | None = None) -> FleetPrediction:
+        tasks = [self.tasks[k] for k in keys] if self.tasks is not None and keys is not None else None
+        prediction = self.predictor.predict(prompts, keys=keys, tasks=tasks)
+        tokens = prediction.output_tokens
+        if tokens is None:
+            tokens = np.full(prediction.p_success.shape, self.assumed_output_tokens)
+        return FleetPrediction(prediction.p_success, np.where(np.isnan(tokens), self.assumed_output_tokens, tokens))
+
+
+class LearningPolicy:
+    """One learning policy's state: its labelled history (grown by bandit feedback when it
+    ``learns``), its fitted predictor, and what the production policy is built from per window."""
+
+    def __init__(self, name: str, config: OnlineConfig, fleet: Fleet, initial: OutcomeMatrix | None,
+                 stream: OutcomeMatrix, exploration: Exploration | None, learns: bool = True) -> None:
         self.name = name
         self.config = config
-        self.models = models
-        self.prices = prices
+        self.fleet = fleet
         self.stream = stream
-        self.real_cost = real_cost
         self.exploration = exploration
-        self._rng = np.random.default_rng(config.seed)
-        self.promised: list[float] = []   # p of the chosen model, per revealed stream job
+        self.learns = learns
+        self.column = {model: j for j, model in enumerate(fleet.names)}
+        self.tasks = dict(zip(stream.ids, stream.tasks, strict=True)) if config.use_tasks else None
+        self.rng = np.random.default_rng(config.seed)   # exploration draws, kept across windows
+        self.promised: list[float] = []   # p of the chosen model, per revealed non-exploring job
         self.realised: list[float] = []   # its score
-        m = len(models)
+        m = len(fleet.models)
         n0 = 0 if initial is None else len(initial.ids)
         cap = n0 + len(stream.ids)
         self.prompts: list[str] = [] if initial is None else list(initial.prompts)
-        self.tasks: list[str] = [] if initial is None else list(initial.tasks)
-        self.ids: list[str] = [] if initial is None else list(initial.ids)
+        self.task_labels: list[str] = [] if initial is None else list(initial.tasks)
         self.scores = np.full((cap, m), np.nan)
-        self.cost = np.full((cap, m), np.nan)
         self.tokens = np.full((cap, m), np.nan)
-        self.prompt_tokens = np.zeros(cap)
         if initial is not None:
-            self.scores[:n0], self.tokens[:n0], self.prompt_tokens[:n0] = initial.scores, initial.output_tokens, initial.prompt_tokens
-            self.cost[:n0] = realised_cost_usd(initial, prices, config.assumed_output_tokens)
-            self.cost[:n0][np.isnan(initial.scores)] = np.nan
+            self.scores[:n0], self.tokens[:n0] = initial.scores, initial.output_tokens
         self.n0 = n0                # rows of the starting history (the warm start's train split)
         self.n = n0
         self.n_at_fit = 0
-        self.predictor: Predictor | None = None
-        self.fitted_cols: list[int] = []
+        self.fitted: Predictor | None = None
+        self.fitted_models: set[int] = set()   # models with a label at the last fit
         self.fits = 0
         self.fit_s = 0.0
         self.last_fit_error: str | None = None
 
-    # -- predictions -------------------------------------------------------------------------
-    def _history(self) -> OutcomeMatrix:
-        n = self.n
-        return OutcomeMatrix(self.ids, self.prompts, self.tasks, self.models, self.scores[:n], self.cost[:n],
-                             self.tokens[:n], self.prompt_tokens[:n])
-
-    def predict(self, sl: slice) -> tuple[np.ndarray, np.ndarray]:
-        """(p, expected output tokens), each (W, M), for the stream rows ``sl``."""
-        rows = range(sl.start, sl.stop)
-        w = len(rows)
-        seen = ~np.isnan(self.scores[:self.n])
-        labels = seen.sum(axis=0)
-        means = (np.nansum(self.scores[:self.n], axis=0) + self.config.prior_p) / (labels + 1.0)
-        p = np.tile(means, (w, 1))
-        has_tok = ~np.isnan(self.tokens[:self.n])
-        tok_n = has_tok.sum(axis=0)
-        tok = np.where(tok_n > 0, np.where(has_tok, self.tokens[:self.n], 0.0).sum(axis=0) / np.maximum(tok_n, 1),
-                       self.config.assumed_output_tokens)
-        tokens = np.tile(tok, (w, 1))
-        if self.predictor is not None and w:
-            tasks = [self.stream.tasks[i] for i in rows] if self.config.use_tasks else None
-            pred = self.predictor.predict([self.stream.prompts[i] for i in rows], tasks=tasks)
-            p[:, self.fitted_cols] = pred.p_success
-            if pred.output_tokens is not None:
-                tokens[:, self.fitted_cols] = np.where(np.isnan(pred.output_tokens), tokens[:, self.fitted_cols],
-                                                       pred.output_tokens)
-        return p, tokens
-
-    def margin(self) -> float:
-        """The promise check, as the tick runs it: the recent gap between promised and realised."""
-        k = self.config.promise_check_labels
-        if k <= 0 or self.name == STATIC:
-            return 0.0
-        return promise_gap(self.promised[-k:], self.realised[-k:])
-
-    def decide(self, sl: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """Chosen model per job of the window, the predicted p of each choice, which jobs were
-        pinned to explore (bool), and the promise margin used."""
-        p, tokens = self.predict(sl)
-        window = self.stream.subset(np.arange(sl.start, sl.stop))
-        cost = decision_cost_usd(window, self._history(), self.prices, tokens, self.config.assumed_output_tokens)
-        eligible = np.ones(p.shape, dtype=bool)
-        pinned = np.full(len(p), NOT_PINNED)
-        if self.exploration is not None:
-            # as the tick counts: every label the learner holds, imported (warm start) or gathered online
-            pinned = self.exploration.pin(eligible, self.label_counts(0).tolist(), self._rng)
-            eligible = restrict_to_pinned(eligible, pinned)
-        assert self.config.alpha is not None
-        margin = self.margin()
-        pick = pol.ilp_policy(p, cost, min(1.0, self.config.alpha + margin), len(p), self.config.solver, eligible)
-        return pick, p[np.arange(len(pick)), pick], pinned != NOT_PINNED, margin
-
-    def label_counts(self, since_row: int) -> np.ndarray:
+    def label_counts(self, since_row: int = 0) -> np.ndarray:
         """Observed outcomes per model in the history from row ``since_row`` on (``self.n0``: online only)."""
         return (~np.isnan(self.scores[since_row:self.n])).sum(axis=0)
 
-    # -- feedback ----------------------------------------------------------------------------
-    def reveal(self, sl: slice, pick: np.ndarray, promised: np.ndarray, explored: np.ndarray) -> None:
-        """Append the window's jobs with only the chosen model's outcome observed."""
-        # The promise is the optimizer's: exploring jobs were sent where p is least known, not promised.
-        chosen = ~explored
-        self.promised.extend(promised[chosen].tolist())
-        self.realised.extend(self.stream.scores[np.arange(sl.start, sl.stop), pick][chosen].tolist())
-        for k, i in enumerate(range(sl.start, sl.stop)):
-            j = int(pick[k])
-            r = self.n
-            self.ids.append(self.stream.ids[i])
-            self.prompts.append(self.stream.prompts[i])
-            self.tasks.append(self.stream.tasks[i])
-            self.prompt_tokens[r] = self.stream.prompt_tokens[i]
-            self.scores[r, j] = self.stream.scores[i, j]
-            self.cost[r, j] = self.real_cost[i, j]
-            self.tokens[r, j] = self.stream.output_tokens[i, j]
-            self.n += 1
+    def feedback(self) -> Feedback:
+        """As the tick reads it: every label the policy holds, imported (warm start) or gathered
+        online, and the promise gap of its last ``promise_check_labels`` non-exploring jobs."""
+        if not self.learns:
+            return Feedback()
+        k = self.config.promise_check_labels
+        gap = promise_gap(self.promised[-k:], self.realised[-k:]) if k > 0 else 0.0
+        return Feedback(tuple(int(c) for c in self.label_counts()), gap)
 
-    def adopt(self, other: OnlineLearner) -> None:
+    def decide(self, sl: slice, alpha: float, window_index: int) -> tuple[PlannedPicks, float]:
+        """One ``OptimizingPolicy.plan`` for the stream rows ``sl``: what it assigned each job, and
+        the promise margin it planned with."""
+        feedback = self.feedback()
+        version = f"{self.name}-{self.fits}" if self.fitted is not None else None
+        policy = OptimizingPolicy(
+            self.fleet, TaskPredictor(FleetPredictor(self.fleet, self.fitted, version), self.tasks,
+                                      self.config.assumed_output_tokens),
+            exploration=self.exploration, feedback=feedback, rng=self.rng, method=self.config.solver.method,
+            backend=self.config.solver.backend, time_limit_s=self.config.solver.time_limit_s)
+        ids = self.stream.ids[sl]
+        jobs = window_jobs(ids, self.stream.prompts[sl], alpha)
+        plan = policy.plan(jobs, ample_states(self.fleet, len(jobs)), REPLAY_NOW, tick_id=f"online-{window_index}")
+        return read_plans([plan], ids, self.column), feedback.promise_gap
+
+    def reveal(self, sl: slice, picks: PlannedPicks) -> None:
+        """Append the window's jobs with only the chosen model's outcome observed."""
+        pick = picks.model
+        realised = self.stream.scores[np.arange(sl.start, sl.stop), pick]
+        # The promise is the optimizer's: exploring jobs were sent where p is least known, not promised.
+        self.promised.extend(picks.p[~picks.exploring].tolist())
+        self.realised.extend(realised[~picks.exploring].tolist())
+        rows = np.arange(self.n, self.n + len(pick))
+        self.prompts.extend(self.stream.prompts[sl])
+        self.task_labels.extend(self.stream.tasks[sl])
+        self.scores[rows, pick] = realised
+        self.tokens[rows, pick] = self.stream.output_tokens[np.arange(sl.start, sl.stop), pick]
+        self.n += len(pick)
+
+    def adopt(self, other: LearningPolicy) -> None:
         """Start from ``other``'s fitted predictor (fitted on the same starting history)."""
-        self.predictor, self.fitted_cols, self.n_at_fit = other.predictor, list(other.fitted_cols), other.n_at_fit
+        self.fitted, self.fitted_models, self.n_at_fit = other.fitted, set(other.fitted_models), other.n_at_fit
         self.fits += 1
 
     def refit(self) -> bool:
-        """Fit the predictor on the history's models with enough labels; False if it cannot yet."""
+        """The production fit on the history; False (the previous predictor kept) when it fails."""
         n = self.n
-        labels = (~np.isnan(self.scores[:n])).sum(axis=0)
-        cols = [j for j in range(len(self.models)) if labels[j] >= self.config.min_model_labels]
-        if labels.sum() < self.config.min_fit_labels or not cols or n < 2:
-            return False
-        rows = np.flatnonzero((~np.isnan(self.scores[:n][:, cols])).any(axis=1))
+        data = TrainingSet(self.prompts[:n], self.scores[:n], self.tokens[:n], list(self.fleet.names),
+                           tasks=self.task_labels[:n] if self.config.use_tasks else None)
         start = time.perf_counter()
         try:
-            self.predictor = make_predictor(self.config.predictor).fit(
-                [self.prompts[i] for i in rows], self.scores[rows][:, cols], self.tokens[rows][:, cols],
-                [self.models[j] for j in cols],
-                tasks=[self.tasks[i] for i in rows] if self.config.use_tasks else None)
-            self.fitted_cols = cols
-        except PredictorError as exc:     # keep the previous predictor (as the production learner does)
+            self.fitted = fit_predictor(self.config.predictor, data)
+        except PredictorError as exc:     # keep the previous predictor, as the production learner does
             self.last_fit_error = str(exc)
             return False
         finally:
             self.fit_s += time.perf_counter() - start
         self.fits += 1
         self.n_at_fit = n
+        self.fitted_models = set(np.flatnonzero(self.label_counts() > 0).tolist())
         return True
+
+    def refit_due(self, windows_done: int, refit_every: int) -> bool:
+        """Scheduled every ``refit_every`` windows; on a cold start also whenever the history has
+        doubled since the last fit (early fits are cheap and matter most); and as soon as a model
+        has a label it did not have at the last fit, or while no fit has succeeded yet."""
+        early = self.config.cold and self.n >= 2 * max(self.n_at_fit, 1)
+        new_model = bool(set(np.flatnonzero(self.label_counts() > 0).tolist()) - self.fitted_models)
+        return windows_done % refit_every == 0 or early or new_model or self.fitted is None
 
 
 def _stream_matrices(dataset: OutcomeDataset, config: OnlineConfig) -> tuple[OutcomeMatrix | None, OutcomeMatrix, int]:
@@ -260,7 +266,6 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
 
     windows = [slice(s, min(s + config.window, n)) for s in range(0, n, config.window)]
     refit_every = config.refit_every or auto_refit_every(len(windows))
-    cfg = replace(config, alpha=alpha)
     initial = None if config.cold else train
     pin, pout = price_arrays(models, dataset.prices)
     unpriced = [models[j] for j in np.flatnonzero(np.isnan(pin) | np.isnan(pout))]
@@ -268,14 +273,17 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
         raise ReplayError(f"--cold needs list prices for every model (no training costs to fall back on): {unpriced}")
     if initial is not None and len(initial.ids) < 10:
         raise ReplayError(f"{dataset.name}: too few train records ({len(initial.ids)}) for a warm start; use --cold")
+    # Prices from list prices (a warm start: or the train split's logged costs, as offline); a
+    # cold start has every list price, so its fleet reads no training row.
+    priced_from = initial if initial is not None else stream.subset(np.zeros(n, dtype=bool))
+    fleet = simulated_fleet(models, dataset.prices, priced_from, config.window, quality_prior=QUALITY_PRIOR)
 
-    learners = [
-        OnlineLearner(EXPLORING, cfg, models, dataset.prices, initial, stream, real_cost, config.exploration),
-        OnlineLearner(GREEDY, cfg, models, dataset.prices, initial, stream, real_cost, None),
-    ]
-    static: OnlineLearner | None = None
+    learners = [LearningPolicy(EXPLORING, config, fleet, initial, stream, config.exploration),
+                LearningPolicy(GREEDY, config, fleet, initial, stream, None)]
+    static: LearningPolicy | None = None
     if config.include_static and train is not None and len(train.ids) >= 10:
-        static = OnlineLearner(STATIC, cfg, models, dataset.prices, train, stream, real_cost, None)
+        static = LearningPolicy(STATIC, config, fleet, train, stream, None, learns=False)
+    deciders = [*learners, *([static] if static else [])]
     total_steps = len(windows) + 1
     if progress is not None:
         progress("fitting the starting predictors", 0, total_steps)
@@ -285,31 +293,29 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
         picks[STATIC] = np.empty(n, dtype=np.int64)
     extra: dict[str, list[dict[str, Any]]] = {name: [] for name in picks}
     elapsed: dict[str, float] = {name: 0.0 for name in picks}
-    for learner in [*learners, *([static] if static else [])]:
+    for decider in deciders:
         start = time.perf_counter()
-        if learner is learners[0] or initial is None:
-            learner.refit()
-        else:   # same starting history as the first: share its (immutable once fitted) predictor
-            learner.adopt(learners[0])
-        elapsed[learner.name] += time.perf_counter() - start
+        if initial is not None and decider is not learners[0]:
+            decider.adopt(learners[0])   # same starting history: share its (immutable once fitted) predictor
+        elif decider.n > 0:              # a cold start has nothing to fit yet: fleet priors
+            decider.refit()
+        elapsed[decider.name] += time.perf_counter() - start
     for w, sl in enumerate(windows):
         start = time.perf_counter()
         picks[ORACLE][sl] = pol.ilp_policy(scores[sl], real_cost[sl], alpha, sl.stop - sl.start, config.solver)
         elapsed[ORACLE] += time.perf_counter() - start
-        for learner in [*learners, *([static] if static else [])]:
+        for decider in deciders:
             start = time.perf_counter()
-            pick, p_chosen, explored, margin = learner.decide(sl)
-            picks[learner.name][sl] = pick
+            planned, margin = decider.decide(sl, alpha, w)
+            picks[decider.name][sl] = planned.model
             refit = False
-            if learner is not static:
-                learner.reveal(sl, pick, p_chosen, explored)
-                due = (w + 1) % refit_every == 0
-                early = config.cold and learner.n >= 2 * max(learner.n_at_fit, config.min_fit_labels // 2)
-                if (due or early or learner.predictor is None or _new_model_ready(learner)) and w + 1 < len(windows):
-                    refit = learner.refit()
-            extra[learner.name].append({"explored": int(explored.sum()), "mean_p_chosen": float(p_chosen.mean()),
-                                        "margin": margin, "refit": refit})
-            elapsed[learner.name] += time.perf_counter() - start
+            if decider.learns:
+                decider.reveal(sl, planned)
+                if w + 1 < len(windows) and decider.refit_due(w + 1, refit_every):
+                    refit = decider.refit()
+            extra[decider.name].append({"explored": int(planned.exploring.sum()),
+                                        "mean_p_chosen": float(planned.p.mean()), "margin": margin, "refit": refit})
+            elapsed[decider.name] += time.perf_counter() - start
         if progress is not None:
             progress(f"window {w + 1}/{len(windows)}", w + 2, total_steps)
 
@@ -330,7 +336,7 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
                 explored=int(info.get("explored", 0)), mean_p_chosen=info.get("mean_p_chosen"),
                 margin=float(info.get("margin", 0.0)),
                 refit=bool(info.get("refit", False))))
-        owner = next((lr for lr in [*learners, *([static] if static else [])] if lr.name == name), None)
+        owner = next((d for d in deciders if d.name == name), None)
         policies[name] = OnlinePolicy(
             quality=float(s.mean()), cost_usd=float(c.sum()),
             cost_share_of_best=float(c.sum() / single_c[jb]) if single_c[jb] > 0 else float("inf"),
@@ -362,9 +368,7 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
         "seed": config.seed,
         "use_tasks": config.use_tasks,
         "solver": vars(config.solver),
-        "prior_p": config.prior_p,
-        "min_model_labels": config.min_model_labels,
-        "min_fit_labels": config.min_fit_labels,
+        "quality_prior": QUALITY_PRIOR,
         "single_quality": dict(zip(models, single_q.tolist())),
         "single_cost_usd": dict(zip(models, single_c.tolist())),
         "label_counts_online": {lr.name: dict(zip(models, lr.label_counts(lr.n0).tolist())) for lr in learners},
@@ -372,13 +376,6 @@ def run_online(dataset: OutcomeDataset, config: OnlineConfig, progress: Progress
         "total_s": time.perf_counter() - t0,
     }
     return report
-
-
-def _new_model_ready(learner: OnlineLearner) -> bool:
-    """A model crossed min_model_labels since the last fit: fit it in rather than wait for the schedule."""
-    labels = (~np.isnan(learner.scores[:learner.n])).sum(axis=0)
-    ready = {j for j in range(len(learner.models)) if labels[j] >= learner.config.min_model_labels}
-    return bool(ready - set(learner.fitted_cols)) and learner.n >= learner.config.min_fit_labels
 
 
 def run_online_repeats(dataset: OutcomeDataset, config: OnlineConfig, repeats: int,

@@ -22,17 +22,22 @@ from scheduler.datasets import (
     write_dataset,
 )
 from scheduler.datasets.costing import realised_cost_usd
-from scheduler.learning.exploration import Exploration
+from scheduler.learning.exploration import Exploration, Feedback
+from scheduler.learning.fleet_predictor import FleetPredictor
+from scheduler.learning.learner import fit_predictor
+from scheduler.learning.training import TrainingSet
+from scheduler.policy import OptimizingPolicy
 from scheduler.replay.online import (
     EXPLORING,
     GREEDY,
     ORACLE,
+    LearningPolicy,
     OnlineConfig,
-    OnlineLearner,
     default_alpha,
     run_online,
     run_online_repeats,
 )
+from scheduler.replay.simulated_fleet import REPLAY_NOW, ample_states, simulated_fleet, window_jobs
 from scheduler.replay.online_plot import plot_online
 from scheduler.replay.online_report import OnlineReport, repeats_json, summarise_runs
 
@@ -86,30 +91,72 @@ def test_cold_start_exploration_tries_every_model_and_greedy_does_not(cold_repor
     assert all(w.explored == 0 for w in report.policies[GREEDY].windows)
 
 
+def _learning_policy(data: OutcomeDataset, config: OnlineConfig, exploration: Exploration | None
+                     ) -> tuple[LearningPolicy, OutcomeMatrix]:
+    stream = OutcomeMatrix.from_records(data.split(Split.TEST), data.models)
+    fleet = simulated_fleet(data.models, data.prices, stream.subset(np.zeros(len(stream.ids), dtype=bool)),
+                            config.window)
+    return LearningPolicy(EXPLORING, config, fleet, None, stream, exploration), stream
+
+
 def test_only_the_chosen_outcome_is_revealed() -> None:
     data = _synthetic()
-    models = data.models
-    stream = OutcomeMatrix.from_records(data.split(Split.TEST), models)
-    cost = realised_cost_usd(stream, data.prices)
-    config = OnlineConfig(alpha=0.8, window=25, cold=True, min_fit_labels=20)
-    learner = OnlineLearner(EXPLORING, config, models, data.prices, None, stream, cost, Exploration(0.2, 30))
+    config = OnlineConfig(alpha=0.8, window=25, cold=True)
+    learner, stream = _learning_policy(data, config, Exploration(0.2, 30))
     assert learner.n == 0
-    seen_rows = 0
-    for start in (0, 25, 50):
+    seen_rows = explored = 0
+    for w, start in enumerate((0, 25, 50)):
         sl = slice(start, start + 25)
-        pick, promised, explored, _ = learner.decide(sl)
-        learner.reveal(sl, pick, promised, explored)
+        planned, margin = learner.decide(sl, 0.8, w)
+        assert margin == 0.0 and not np.isnan(planned.p).any()
+        learner.reveal(sl, planned)
+        pick = planned.model
         hist = learner.scores[start:start + 25]
         observed = ~np.isnan(hist)
         assert (observed.sum(axis=1) == 1).all()                     # one outcome per job...
         assert (np.argmax(observed, axis=1) == pick).all()           # ...the chosen model's
         assert np.array_equal(hist[np.arange(25), pick], stream.scores[sl][np.arange(25), pick])
-        assert np.isnan(learner.cost[start:start + 25][~observed]).all()
         seen_rows += 25
         assert learner.n == seen_rows and learner.label_counts(learner.n0).sum() == seen_rows
-        learner.refit()
-    assert learner.fits >= 1
+        explored += int(planned.exploring.sum())
+        # the promise check counts only the jobs the optimizer chose, not the explorers
+        assert len(learner.promised) == len(learner.realised) == seen_rows - explored
+        assert learner.refit()
+    assert learner.fits == 3 and learner.fitted is not None
+    assert learner.fitted.label_counts == dict(zip(learner.fleet.names, learner.label_counts().tolist()))
     assert np.isnan(learner.scores[learner.n:]).all()                 # nothing beyond the arrivals so far
+
+
+def test_learning_policies_decide_with_one_production_plan_per_window() -> None:
+    """The first window of a warm start is exactly what OptimizingPolicy.plan decides on the
+    simulated fleet with the production fit of the train split, exploration and feedback."""
+    data = _synthetic()
+    exploration = Exploration(0.5, 100)    # 40 train labels per model: every model under-explored
+    config = OnlineConfig(alpha=0.8, window=50, use_tasks=False, exploration=exploration)
+    report = run_online(data, config)
+    train = OutcomeMatrix.from_records(data.split(Split.TRAIN), data.models)
+    test = OutcomeMatrix.from_records(data.split(Split.TEST), data.models)
+    stream = test.subset(np.random.default_rng(config.seed).permutation(len(test.ids)))
+    cost = realised_cost_usd(stream, data.prices)
+    fleet = simulated_fleet(data.models, data.prices, train, config.window)
+    fitted = fit_predictor("linear", TrainingSet(train.prompts, train.scores, train.output_tokens, fleet.names))
+    counts = tuple(int(c) for c in (~np.isnan(train.scores)).sum(axis=0))
+    jobs = window_jobs(stream.ids[:50], stream.prompts[:50], 0.8)
+    for name, explore in ((EXPLORING, exploration), (GREEDY, None)):
+        policy = OptimizingPolicy(fleet, FleetPredictor(fleet, fitted, "v1"), exploration=explore,
+                                  feedback=Feedback(counts, 0.0), rng=np.random.default_rng(config.seed),
+                                  method=config.solver.method, backend=config.solver.backend,
+                                  time_limit_s=config.solver.time_limit_s)
+        plan = policy.plan(jobs, ample_states(fleet, len(jobs)), REPLAY_NOW, "t0")
+        assert not plan.deferrals
+        column = {model: j for j, model in enumerate(fleet.names)}
+        pick = np.array([column[a.model] for a in sorted(plan.assignments, key=lambda a: stream.ids.index(a.job_id))])
+        first = report.policies[name].windows[0]
+        assert first.quality == pytest.approx(float(stream.scores[np.arange(50), pick].mean()))
+        assert first.cost_usd == pytest.approx(float(cost[np.arange(50), pick].sum()))
+        assert first.explored == sum(a.exploring for a in plan.assignments)
+        assert first.mean_p_chosen == pytest.approx(np.mean([a.predicted_quality for a in plan.assignments]))
+    assert report.policies[EXPLORING].windows[0].explored > 0 == report.policies[GREEDY].windows[0].explored
 
 
 def test_decisions_do_not_depend_on_future_outcomes() -> None:
