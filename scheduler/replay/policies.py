@@ -7,9 +7,9 @@ The ILP policies cut the arrival stream into windows of N jobs and ask the real 
 (``scheduler.optimizer.solve``) for the cheapest assignment whose mean predicted success in the
 window is at least alpha -- the same call the scheduling tick makes.
 
-``ilp_policy`` serves the *baselines* (oracle, task-oracle, ECCOS's ILP) and the online replay;
-the ``switchyard`` curve of the offline replay is the production ``OptimizingPolicy`` on a
-simulated fleet (:mod:`scheduler.replay.simulated_fleet`), not this function.
+``ilp_policy`` serves the *baselines* (oracle, task-oracle, ECCOS's ILP, the online replay's
+oracle); the ``switchyard`` policies of the offline and the online replay are the production
+``OptimizingPolicy`` on a simulated fleet (:mod:`scheduler.replay.simulated_fleet`), not this function.
 """
 from __future__ import annotations
 
@@ -36,35 +36,29 @@ def _solve(problem: AssignmentProblem, choice: SolverChoice) -> np.ndarray:
     return np.asarray(sol.model_index, dtype=np.int64)
 
 
-def window_problem(p: np.ndarray, cost: np.ndarray, alpha: float,
-                   eligible: np.ndarray | None = None) -> AssignmentProblem:
-    """One window: every job must be placed (no deferral), no capacity limit, one quality group;
-    ``eligible`` (default: every pair) restricts a job's models, as exploration does online."""
+def window_problem(p: np.ndarray, cost: np.ndarray, alpha: float) -> AssignmentProblem:
+    """One window: every job must be placed (no deferral), no capacity limit, one quality group."""
     n, m = p.shape
     return AssignmentProblem(
         cost_usd=np.ascontiguousarray(cost, dtype=float),
         p_success=np.ascontiguousarray(np.clip(p, 0.0, 1.0), dtype=float),
         capacity=np.full(m, n, dtype=np.int64),
-        eligible=np.ones((n, m), dtype=bool) if eligible is None else eligible,
+        eligible=np.ones((n, m), dtype=bool),
         group=np.zeros(n, dtype=np.int64),
         alpha=np.array([alpha], dtype=float),
         deferral_penalty_usd=np.full(n, np.inf),
     )
 
 
-def ilp_policy(p: np.ndarray, cost: np.ndarray, alpha: float, window: int, choice: SolverChoice,
-               eligible: np.ndarray | None = None) -> np.ndarray:
-    """Solve consecutive windows of ``window`` jobs; jobs left unplaced go to their highest-p
-    (eligible) model."""
+def ilp_policy(p: np.ndarray, cost: np.ndarray, alpha: float, window: int, choice: SolverChoice) -> np.ndarray:
+    """Solve consecutive windows of ``window`` jobs; jobs left unplaced go to their highest-p model."""
     n = p.shape[0]
     chosen = np.empty(n, dtype=np.int64)
     for start in range(0, n, window):
         sl = slice(start, min(start + window, n))
-        allowed = None if eligible is None else eligible[sl]
-        pick = _solve(window_problem(p[sl], cost[sl], alpha, allowed), choice)
+        pick = _solve(window_problem(p[sl], cost[sl], alpha), choice)
         unplaced = pick < 0
-        p_allowed = p[sl] if allowed is None else np.where(allowed, p[sl], -np.inf)
-        pick[unplaced] = np.argmax(p_allowed[unplaced], axis=1)
+        pick[unplaced] = np.argmax(p[sl][unplaced], axis=1)
         chosen[sl] = pick
     return chosen
 
