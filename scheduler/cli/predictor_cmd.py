@@ -21,8 +21,8 @@ def fit(dataset: Annotated[Optional[list[Path]], typer.Option(
             "--dataset", help="Outcome data (interchange JSONL) to learn from besides the job history.")] = None,
         split: Annotated[Optional[str], typer.Option(help="Use only this split of the datasets (train/test).")] = None,
         cascade: Annotated[bool, typer.Option(
-            "--cascade", help="Also fit the cascade model on the datasets' answers (several fleet models per job), "
-                              "so the tick may plan cascades.")] = False,
+            "--cascade", help="Also fit the cascade model and the answer judge on the datasets' answers (several "
+                              "fleet models per job), so the tick may plan cascades and the review judge them.")] = False,
         ) -> None:
     """Fit the predictor on labelled job history (+ datasets) and save a new version for the tick."""
     from scheduler.datasets.io import read_dataset
@@ -40,6 +40,8 @@ def fit(dataset: Annotated[Optional[list[Path]], typer.Option(
         strategies = learner.cascades.load(version).strategies
         typer.echo(f"cascade model version {version} ({len(strategies)} strategies) saved to "
                    f"{learner.cascades.path(version)}")
+        version = learner.refit_judge(utcnow(), records)
+        typer.echo(f"answer judge version {version} saved to {learner.judges.path(version)}")
 
 
 @clean_errors

@@ -5,7 +5,9 @@ It is fitted from labelled job history (``LabelStore.history``: one scored attem
 its answer): one row per job, one column per fleet model, each attempt's answer in ``responses``
 and its score in ``scores``; the ex-ante p of a cell is the p stored with the attempt (predicted
 before the answer existed), nan where none was stored. A job that ran one model teaches the
-first-answer case, a cascaded job its second opinions too.
+first-answer case, a cascaded job its second opinions too. Imported outcome data with answers
+(``answers_from_outcomes``: one job per record, every model's answer) teaches it before any job
+has run, which is what ``switchyard predictor fit --dataset FILE --cascade`` does.
 
 Judging a job's answers: each answering model's answer is scored given the *other* answers of
 the job (agreement counts), so the best answer is the one with the highest p_post.
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from scheduler.datasets.records import OutcomeRecord
 from scheduler.judging import Judgement
 from scheduler.predictor import PredictorError
 from scheduler.predictor.posthoc import PosthocEstimator, make_posthoc
@@ -42,6 +46,25 @@ class Label(Protocol):
     def job_id(self) -> str | None: ...
     @property
     def ex_ante_p(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class DatasetAnswer:
+    """A graded answer from imported outcome data (a ``Label``): one job per record."""
+
+    prompt_text: str
+    model: str
+    score: float
+    answer: str | None
+    job_id: str | None
+    ex_ante_p: float | None = None
+
+
+def answers_from_outcomes(records: Sequence[OutcomeRecord]) -> list[DatasetAnswer]:
+    """The answers logged in outcome data (``outcomes[MODEL].response``) as labels the judge learns
+    from beside the job history; a record's answers share its job, so their agreement is learnt."""
+    return [DatasetAnswer(record.prompt, model, outcome.score, outcome.response, f"dataset:{record.id}")
+            for record in records for model, outcome in record.outcomes.items() if outcome.response is not None]
 
 
 class PosthocJudge:

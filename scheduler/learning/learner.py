@@ -24,7 +24,7 @@ from scheduler.datasets.costing import OutcomeMatrix
 from scheduler.datasets.records import OutcomeRecord
 from scheduler.judging import AnswerJudge
 from scheduler.fleet import Fleet
-from scheduler.learning.judge import fit_posthoc_judge
+from scheduler.learning.judge import Label, answers_from_outcomes, fit_posthoc_judge
 from scheduler.learning.exploration import Exploration, Feedback, promise_gap
 from scheduler.learning.fleet_predictor import FleetPredictor, PredictionCache
 from scheduler.learning.training import TrainingSet, training_set
@@ -32,7 +32,7 @@ from scheduler.learning.versions import Newest, PickledVersions, PredictorVersio
 from scheduler.predictor import Predictor, PredictorError, make_predictor
 from scheduler.settings import Settings
 from scheduler.storage import Database
-from scheduler.storage.labels import LabelledOutcome, LabelStore
+from scheduler.storage.labels import LabelStore
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ def fit_predictor(kind: str, data: TrainingSet) -> Predictor:
 
 # Fits an answer judge from labelled history (newest first), given the current ex-ante predictor
 # (whose p the judge may weigh); raises PredictorError when the history cannot fit one yet.
-JudgeFit = Callable[[Sequence[LabelledOutcome], FleetPredictor], AnswerJudge]
+JudgeFit = Callable[[Sequence[Label], FleetPredictor], AnswerJudge]
 
 
-def fit_answer_judge(history: Sequence[LabelledOutcome], predictor: FleetPredictor) -> AnswerJudge:
+def fit_answer_judge(history: Sequence[Label], predictor: FleetPredictor) -> AnswerJudge:
     """The production fit of the answer judge (scheduler/learning/judge.py: a ``PosthocJudge``) on
     labelled answers, one column per fleet model; raises PredictorError while there are too few."""
     return fit_posthoc_judge(history, predictor.fleet.names)
@@ -132,9 +132,10 @@ class Learner:
         log.info("cascade model version %s fitted on %d outcome records", version, len(records))
         return version
 
-    def refit_judge(self, now: dt.datetime) -> str:
-        """Fit the answer judge on the labelled answers of the job history and save a new version."""
-        history = self.labels.history()
+    def refit_judge(self, now: dt.datetime, records: Sequence[OutcomeRecord] = ()) -> str:
+        """Fit the answer judge on the labelled answers of the job history (+ the answers logged in
+        ``records``) and save a new version."""
+        history: list[Label] = [*self.labels.history(), *answers_from_outcomes(records)]
         judge = self._judge_fit(history, self.predictor())
         version = self.judges.save(judge, now)
         log.info("answer judge version %s fitted on %d labelled answers", version, len(history))

@@ -102,3 +102,24 @@ def test_a_batch_that_may_not_cascade_gets_direct_models_only(pg_db: Database, f
     report = scheduler.tick()
     assert report.plan.assignments and not any(a.cascade for a in report.plan.assignments)
     assert not any(a.reason.startswith("cascade:") for a in report.plan.assignments)
+
+
+def test_the_answer_judge_learns_from_a_datasets_answers_before_any_job_ran(
+        pg_db: Database, fleet: Fleet, tmp_path: Path) -> None:
+    """``predictor fit --cascade`` fits the review's judge too: a fresh deployment that imported
+    outcome data with answers can judge its first cascade's answers."""
+    scheduler, test = fitted_scheduler(pg_db, fleet, tmp_path)
+    learner = scheduler.learner
+    assert learner is not None and learner.judge() == (None, None) and not learner.labels.history()
+    train = [as_fleet(r) for r in read_dataset(DATA).records if r.split is Split.TRAIN]
+    version = learner.refit_judge(utcnow(), train)
+    judge, loaded = learner.judge()
+    assert judge is not None and loaded == version
+    # On held-out answers it ranks Mixtral's right answers above its wrong ones.
+    scored = [(judge.judge(r.prompt, {"mixtral": r.outcomes["mixtral"].response or ""}, {}).p_post["mixtral"],
+               r.outcomes["mixtral"].score) for r in test]
+    right = [p for p, score in scored if score == 1.0]
+    wrong = [p for p, score in scored if score == 0.0]
+    assert right and wrong
+    pairs = [(a > b) + 0.5 * (a == b) for a in right for b in wrong]
+    assert sum(pairs) / len(pairs) > 0.6, f"within-set AUC {sum(pairs) / len(pairs):.2f}"
