@@ -62,6 +62,22 @@ class CascadeStrategy:
         return self.models[0]
 
 
+# The one rule of a cascade, shared by the replay (run_cascade, the fit's simulation) and production
+# (scheduler/learning/judge.py picks the best answer, scheduler/review.py stops or escalates).
+
+def best_answer(p: np.ndarray) -> np.ndarray:
+    """Which answer a cascade keeps, given the judged p of its answers so far in the order they ran
+    (axis 0; further axes are jobs): the highest p, the later (dearer) answer on a tie, an unjudged
+    (nan) answer last."""
+    judged = np.nan_to_num(np.asarray(p, dtype=float), nan=-np.inf)
+    return judged.shape[0] - 1 - np.argmax(judged[::-1], axis=0)
+
+
+def accepts(best_p: np.ndarray | float, accept_at: float) -> np.ndarray | bool:
+    """Whether a cascade stops at its best answer so far: its p reaches the step's threshold."""
+    return np.asarray(best_p) >= accept_at
+
+
 def run_cascade(strategy: CascadeStrategy, judge: Judge, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ran (N, L) bool: which of the strategy's models ran, final score (N,)) for every job.
 
@@ -78,11 +94,10 @@ def run_cascade(strategy: CascadeStrategy, judge: Judge, scores: np.ndarray) -> 
     for s in range(steps):
         run = strategy.models[:s + 1]
         p = np.stack([judge(a, tuple(b for b in run if b != a)) for a in run])      # (s + 1, N)
-        p = np.nan_to_num(p, nan=-np.inf)
-        best = s - np.argmax(p[::-1], axis=0)                                       # ties: the later model
-        best_p = p[best, rows]
+        best = best_answer(p)
         best_score = scores[rows, np.asarray(run)[best]]
-        stop = active & ((s == steps - 1) | (best_p >= (strategy.accept_at[s] if s < steps - 1 else 0.0)))
+        at_end = s == steps - 1
+        stop = active & (at_end or accepts(p[best, rows], strategy.accept_at[s]))
         final[stop] = best_score[stop]
         active &= ~stop
         if s + 1 < steps:

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from scheduler.cascade import accepts
 from scheduler.judging import AnswerJudge, Judgement
 from scheduler.plan import Escalation
 
@@ -113,7 +114,7 @@ def review(job: JobUnderReview, judge: AnswerJudge | None, ex_ante_p: Mapping[st
         else:
             reason = f"accept: best of {len(job.answers)} answers, {best.model} p={best_p:.2f}{versus}{why}"
         return _accept(job, best, reason, p_of, ex_ante_p, judge_version)
-    if best_p >= next_step.accept_at:
+    if accepts(best_p, next_step.accept_at):
         reason = f"accept: post-hoc p={best_p:.2f} >= {next_step.accept_at:.2f} ({best.model}){versus}"
         return _accept(job, best, reason, p_of, ex_ante_p, judge_version)
     if not job.cascade_allowed or not job.may_escalate:

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from scheduler.cascade import best_answer
 from scheduler.datasets.records import OutcomeRecord
 from scheduler.judging import Judgement
 from scheduler.predictor import PredictorError
@@ -97,10 +98,8 @@ class PosthocJudge:
             [{other: answers[other] for other in known if other != model} for model in known],
             ex_ante_p=ex_ante)
         p_post = {model: float(value) for model, value in zip(known, p, strict=True)}
-        # On a tie the later answer (a later cascade step: the dearer model), as the replay's
-        # scheduler.cascade.run_cascade keeps it.
-        best = max(known, key=lambda model: (p_post[model], known.index(model)))
-        return Judgement(p_post=p_post, best_model=best)
+        # The cascade's rule (the replay's too): the highest p, the later answer on a tie.
+        return Judgement(p_post=p_post, best_model=known[int(best_answer(np.asarray(p)))])
 
 
 def fit_posthoc_judge(history: Sequence[Label], model_names: Sequence[str], kind: str = "posthoc") -> PosthocJudge:

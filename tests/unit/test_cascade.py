@@ -9,7 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from scheduler.cascade import ALWAYS, CascadeModel, CascadeStrategy, Judge, candidate_strategies, run_cascade
+from scheduler.cascade import (ALWAYS, CascadeModel, CascadeStrategy, Judge, accepts, best_answer, candidate_strategies,
+                               run_cascade)
 from scheduler.cli.replay_cmd import register
 from scheduler.datasets import read_dataset
 from scheduler.fleet import Fleet, ModelSpec
@@ -192,3 +193,11 @@ def test_the_replay_command_refuses_a_cascade_without_answers() -> None:
     result = CliRunner().invoke(app, ["replay", str(mmlu), "--alpha", "0.8", "--cascade", "--margin", "none"])
     assert result.exit_code == 2
     assert "logs no answers" in result.output
+
+
+def test_the_kept_answer_is_the_highest_p_the_later_on_a_tie_and_an_unjudged_one_last() -> None:
+    # rows: answers in the order they ran; columns: jobs
+    p = np.array([[0.7, 0.5, np.nan, np.nan],
+                  [0.4, 0.5, 0.2, np.nan]])
+    assert best_answer(p).tolist() == [0, 1, 1, 1]
+    assert accepts(0.55, 0.55) and not accepts(0.54, 0.55) and not accepts(np.nan, 0.3)
