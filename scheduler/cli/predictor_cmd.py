@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
 
 @clean_errors
 def fit(dataset: Annotated[Optional[list[Path]], typer.Option(
-            "--dataset", help="Outcome data (interchange JSONL) to learn from besides the job history.")] = None,
+            "--dataset", help="Outcome data (interchange JSONL) to learn from besides the job history; kept, so "
+                              "later refits (the scheduler's too) learn from it as well. Replaces what an earlier "
+                              "--dataset imported.")] = None,
         split: Annotated[Optional[str], typer.Option(help="Use only this split of the datasets (train/test).")] = None,
         cascade: Annotated[bool, typer.Option(
             "--cascade", help="Also fit the cascade model and the answer judge on the datasets' answers (several "
@@ -26,21 +28,32 @@ def fit(dataset: Annotated[Optional[list[Path]], typer.Option(
         ) -> None:
     """Fit the predictor on labelled job history (+ datasets) and save a new version for the tick."""
     from scheduler.datasets.io import read_dataset
+    from scheduler.errors import InvalidRequest
     from scheduler.fleet import load_fleet
     from scheduler.learning.learner import Learner
     from scheduler.storage import Database, utcnow
 
     current = settings()
-    records = [r for path in dataset or [] for r in read_dataset(path).records if split is None or r.split.value == split]
     learner = Learner(current, Database(current.database_url), load_fleet(current.fleet_file))
-    version = learner.refit(utcnow(), records)
+    if dataset:
+        records = [r for path in dataset for r in read_dataset(path).records if split is None or r.split.value == split]
+        learner.imported.replace(records)
+        typer.echo(f"{len(records)} outcome records imported: every later refit learns from them "
+                   f"({learner.imported.path})")
+    elif split is not None:
+        raise InvalidRequest("--split picks records of the --dataset files; give --dataset too")
+    else:
+        records = learner.imported.load()
+        if records:
+            typer.echo(f"learning from the {len(records)} outcome records imported earlier ({learner.imported.path})")
+    version = learner.refit(utcnow())
     typer.echo(f"predictor {current.predictor_kind} version {version} saved to {learner.versions.path(version)}")
     if cascade:
-        version = learner.refit_cascade(utcnow(), records)
+        version = learner.refit_cascade(utcnow())
         strategies = learner.cascades.load(version).strategies
         typer.echo(f"cascade model version {version} ({len(strategies)} strategies) saved to "
                    f"{learner.cascades.path(version)}")
-        version = learner.refit_judge(utcnow(), records)
+        version = learner.refit_judge(utcnow())
         typer.echo(f"answer judge version {version} saved to {learner.judges.path(version)}")
 
 

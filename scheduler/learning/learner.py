@@ -7,7 +7,10 @@ model is fitted on outcome data where several models answered the same jobs
 The answer judge (scheduler/judging.py) learns from the same labels as the ex-ante predictor:
 every scored attempt carries the answer it scored (``LabelStore.history``), so a cascade's
 answers, graded against references or fed back, teach it in production as outcomes teach the
-predictor. Its versions are kept beside the predictor's (``judge-<version>.pkl``)."""
+predictor. Its versions are kept beside the predictor's (``judge-<version>.pkl``).
+
+Every fit also learns from the outcome data the deployment imported (scheduler/learning/imported.py),
+so a background refit does not forget it."""
 from __future__ import annotations
 
 import datetime as dt
@@ -27,6 +30,7 @@ from scheduler.fleet import Fleet
 from scheduler.learning.judge import Label, answers_from_outcomes, fit_posthoc_judge
 from scheduler.learning.exploration import Exploration, Feedback, promise_gap
 from scheduler.learning.fleet_predictor import FleetPredictor, PredictionCache
+from scheduler.learning.imported import ImportedOutcomes
 from scheduler.learning.training import TrainingSet, training_set
 from scheduler.learning.versions import Newest, PickledVersions, PredictorVersions
 from scheduler.predictor import Predictor, PredictorError, make_predictor
@@ -92,6 +96,7 @@ class Learner:
             settings.predictor_dir, "judge-", "answer judge", lambda artifact: hasattr(artifact, "judge"))
         self.cascades: PickledVersions[CascadeModel] = PickledVersions(
             settings.predictor_dir, "cascade-", "cascade model", lambda artifact: isinstance(artifact, CascadeModel))
+        self.imported = ImportedOutcomes(settings.predictor_dir)
         self._judge_fit = judge_fit or fit_answer_judge
         self._judge = Newest(self.judges)
         self._cascade = Newest(self.cascades)
@@ -126,15 +131,18 @@ class Learner:
         model, _ = self._cascade.get()
         return model if model is not None and list(model.model_names) == list(self.fleet.names) else None
 
-    def refit_cascade(self, now: dt.datetime, records: Sequence[OutcomeRecord]) -> str:
-        """Fit the cascade model on outcome data with answers and save a new version."""
+    def refit_cascade(self, now: dt.datetime, records: Sequence[OutcomeRecord] | None = None) -> str:
+        """Fit the cascade model on outcome data with answers (default: the imported data) and save
+        a new version."""
+        records = self.imported.load() if records is None else records
         version = self.cascades.save(fit_cascade_from_outcomes(records, self.fleet, self.settings.predictor_kind), now)
         log.info("cascade model version %s fitted on %d outcome records", version, len(records))
         return version
 
-    def refit_judge(self, now: dt.datetime, records: Sequence[OutcomeRecord] = ()) -> str:
-        """Fit the answer judge on the labelled answers of the job history (+ the answers logged in
-        ``records``) and save a new version."""
+    def refit_judge(self, now: dt.datetime, records: Sequence[OutcomeRecord] | None = None) -> str:
+        """Fit the answer judge on the labelled answers of the job history and the answers logged in
+        ``records`` (default: the imported outcome data) and save a new version."""
+        records = self.imported.load() if records is None else records
         history: list[Label] = [*self.labels.history(), *answers_from_outcomes(records)]
         judge = self._judge_fit(history, self.predictor())
         version = self.judges.save(judge, now)
@@ -160,8 +168,10 @@ class Learner:
             gap = promise_gap(*self.labels.recent_promises(self.settings.promise_check_labels))
         return Feedback(counts, gap)
 
-    def refit(self, now: dt.datetime, records: Sequence[OutcomeRecord] = ()) -> str:
-        """Fit on all labelled history (+ ``records``) and save a new version; returns it."""
+    def refit(self, now: dt.datetime, records: Sequence[OutcomeRecord] | None = None) -> str:
+        """Fit on all labelled history and ``records`` (default: the imported outcome data, so a
+        background refit keeps what was imported) and save a new version; returns it."""
+        records = self.imported.load() if records is None else records
         data = training_set(self.labels.history(), records)
         predictor = fit_predictor(self.settings.predictor_kind, data)
         version = self.versions.save(predictor, now)

@@ -154,3 +154,18 @@ def test_a_client_command_without_a_key_says_how_to_get_one(run, monkeypatch: py
     result = run("status", "x")
     assert result.exit_code == 1 and "missing API key" in result.output
     assert "SWITCHYARD_API_KEY" in result.output and ".switchyard/api-key" in result.output
+
+
+def test_predictor_fit_imports_a_dataset_and_a_later_fit_still_learns_from_it(
+        run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SWITCHYARD_PREDICTOR_DIR", str(tmp_path / "predictors"))
+    outcomes = Path(__file__).resolve().parents[1] / "data" / "fleet_outcomes.jsonl"
+    first = run("predictor", "fit", "--dataset", str(outcomes), "--split", "train", "--cascade")
+    assert first.exit_code == 0, first.output
+    assert "72 outcome records imported" in first.stdout
+    assert "cascade model version" in first.stdout and "answer judge version" in first.stdout
+    again = run("predictor", "fit")   # no files: what was imported is still learnt from
+    assert again.exit_code == 0, again.output
+    assert "learning from the 72 outcome records imported earlier" in again.stdout
+    refused = run("predictor", "fit", "--split", "train")
+    assert refused.exit_code == 1 and "--split picks records of the --dataset files" in refused.output

@@ -130,6 +130,25 @@ def test_imported_outcomes_count_as_labels_so_a_known_model_is_not_explored(pg_d
     assert not [a for a in report.plan.assignments if a.reason.startswith("exploring")]
 
 
+def test_a_background_refit_keeps_learning_from_the_imported_outcomes(pg_db: Database, fleet: Fleet,
+                                                                     tmp_path: Path) -> None:
+    """``predictor fit --dataset`` keeps what it imported: the scheduler's later refits (its own
+    process, no files given) fit on the imported outcomes and the new job history together."""
+    now = utcnow()
+    imported = [OutcomeRecord(f"imp{i}", f"imported question {i}", "t", Split.TRAIN,
+                              {GEMMA: Outcome(float(i % 2), None, None)}) for i in range(40)]
+    settings = make_settings(pg_db.url, predictor_dir=tmp_path / "p", predictor_kind="eccos-r")
+    Learner(settings, pg_db, fleet).imported.replace(imported)       # what the command does
+    for i in range(30):
+        labelled(pg_db, now, f"q{i}", SMOL, 1.0)                      # then jobs run and are labelled
+
+    scheduler_learner = Learner(settings, pg_db, fleet)               # the scheduler's, started afresh
+    assert [r.id for r in scheduler_learner.imported.load()] == [r.id for r in imported]
+    scheduler_learner.refit(now + dt.timedelta(minutes=10))          # as refit_in_background_if_due runs it
+    assert scheduler_learner.predictor().fitted is not None
+    assert scheduler_learner.predictor().fitted.label_counts == {SMOL: 30, GEMMA: 40}
+
+
 def test_the_promise_check_adds_the_measured_gap_to_alpha(pg_db: Database, fleet: Fleet, tmp_path: Path) -> None:
     now = utcnow()
     for i in range(40):   # promised 0.87, delivered 0.5 on average: a gap of 0.37

@@ -1,0 +1,50 @@
+"""The outcome data a deployment imported, kept for every later refit.
+
+``switchyard predictor fit --dataset FILE`` teaches the predictor (and with ``--cascade`` the
+cascade model and the answer judge) from outcome data beside the job history. The scheduler's
+background refits run later, without the command's files: if they learnt from the job history
+alone, a predictor fitted on thousands of imported outcomes would be replaced by one fitted on
+the first few hundred labels. So the imported records are kept in the predictor directory
+(``imported-outcomes.jsonl``, the interchange format's records) and every refit reads them; a new
+``predictor fit --dataset`` replaces them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from scheduler.datasets.io import parse_record, record_to_json
+from scheduler.datasets.records import OutcomeRecord
+
+FILE_NAME = "imported-outcomes.jsonl"
+
+
+class ImportedOutcomes:
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / FILE_NAME
+        self._loaded: tuple[tuple[int, int], list[OutcomeRecord]] | None = None   # (mtime_ns, size), records
+
+    def replace(self, records: Sequence[OutcomeRecord]) -> None:
+        """Keep ``records`` as the imported outcome data (written whole, then renamed into place)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".jsonl.partial")
+        with partial.open("w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record_to_json(record), ensure_ascii=False) + "\n")
+        os.replace(partial, self.path)
+
+    def load(self) -> list[OutcomeRecord]:
+        """The imported records ([] when none were imported); re-read only when the file changed."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return []
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if self._loaded is None or self._loaded[0] != stamp:
+            with self.path.open(encoding="utf-8") as fh:
+                records = [parse_record(json.loads(line), f"{self.path}:{number}")
+                           for number, line in enumerate(fh, 1) if line.strip()]
+            self._loaded = (stamp, records)
+        return self._loaded[1]
