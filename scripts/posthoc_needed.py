@@ -30,10 +30,11 @@ To save time the alpha sweep starts ``--span`` below the best model's quality (e
 when its first point already reaches the within-0.01 line) and stops once ``--past`` consecutive
 alphas reach the best model (a higher alpha only costs more) or the plans stop changing; the
 crossings are then bisected as the replay does (``refine_reach_best``). Columns: the within-task
-AUC of the post-hoc p of each model's own answer on test (mean over all models, and over the three
-cheapest, whose answers a cascade judges first; GSM8K: Mixtral), reach-best and within-0.01 cost shares, and at the headline point (the cheapest one
-reaching the best model, else the highest-quality one) its quality, models run per job and share
-of jobs escalated. ``--json FILE`` writes the rows.
+AUC of the post-hoc p of each model's own answer on test (mean over all models, and over the
+three cheapest, whose answers a cascade judges first; GSM8K: Mixtral), reach-best and within-0.01
+cost shares, and at the headline point (the cheapest one reaching the best model, else the
+highest-quality one) its quality, models run per job and share of jobs escalated. ``--json FILE``
+writes the rows. Results: docs/replay.md, "What the RouterBench target needs".
 """
 from __future__ import annotations
 
