@@ -67,6 +67,10 @@ class ModelSpec(BaseModel):
     quality_prior: float = Field(
         default=0.5, ge=0, le=1, description="Prior chance of a good answer before any outcome is seen."
     )
+    quality_prior_labels: float = Field(
+        default=10.0, ge=0, description="How many outcomes the quality prior weighs as: a fitted p is blended with "
+        "the prior by n / (n + this) for a model with n labels, so a model seen a few times is not judged on them "
+        "alone (0 = trust the fit at once).")
     tokens_per_second_prior: float = Field(
         default=20.0, gt=0, description="Generation speed assumed before any job has finished."
     )

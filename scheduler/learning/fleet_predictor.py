@@ -1,8 +1,12 @@
 """The predictor as the tick sees it: one column per fleet model.
 
 A fitted predictor knows the models it was trained on; a fleet model it has never seen gets its
-fleet-file prior. (Exploration, so that such a model gets tried, is the policy's business:
-scheduler/learning/exploration.py.)
+fleet-file prior (``quality_prior``). A model it has seen n times gets its fitted p blended with
+that prior, by n / (n + ``quality_prior_labels``): the posterior mean of a prior worth that many
+outcomes. Without it a model with one lucky (or unlucky) label would be promised 1 (or 0) by the
+next fit, and a cold start would route on noise (measured with ``switchyard replay --cold``:
+docs/replay-online.md). With thousands of labels the blend changes p by well under 1%.
+(Exploration, so that a model gets tried, is the policy's business: scheduler/learning/exploration.py.)
 """
 from __future__ import annotations
 
@@ -59,6 +63,7 @@ class FleetPredictor:
         self.version = version
         self.cache = cache
         self._priors = np.array([spec.quality_prior for spec in fleet.models])
+        self._prior_labels = np.array([spec.quality_prior_labels for spec in fleet.models])
 
     @property
     def name(self) -> str:
@@ -92,10 +97,21 @@ class FleetPredictor:
         if self.fitted is not None and n:
             prediction = self.fitted.predict(list(prompts), tasks=None if tasks is None else list(tasks))
             known = {name: k for k, name in enumerate(prediction.model_names)}
+            labels = getattr(self.fitted, "label_counts", {})
             for j, name in enumerate(self.fleet.names):
                 if name in known:
-                    p[:, j] = prediction.p_success[:, known[name]]
+                    p[:, j] = _blend_with_prior(prediction.p_success[:, known[name]], labels.get(name),
+                                                self._priors[j], self._prior_labels[j])
                     if prediction.output_tokens is not None:
                         tokens = np.full((n, m), np.nan) if tokens is None else tokens
                         tokens[:, j] = prediction.output_tokens[:, known[name]]
         return FleetPrediction(np.clip(p, 0.0, 1.0), tokens)
+
+
+def _blend_with_prior(p_fitted: np.ndarray, n_labels: int | None, prior: float, prior_labels: float) -> np.ndarray:
+    """The fitted p of a model seen ``n_labels`` times, pulled towards its prior as if the prior were
+    ``prior_labels`` more outcomes (a predictor that does not say how many it saw is trusted)."""
+    if n_labels is None or n_labels + prior_labels <= 0:
+        return p_fitted
+    weight = n_labels / (n_labels + prior_labels)
+    return weight * p_fitted + (1.0 - weight) * prior

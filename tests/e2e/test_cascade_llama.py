@@ -43,8 +43,10 @@ QUESTIONS = [
     ("Who wrote Romeo and Juliet?", "Shakespeare", "contains"), ("What is 50 minus 18?", "32", "numeric"),
     ("What is the capital of Kenya?", "Nairobi", "contains"), ("How many legs does a dog have?", "4", "numeric"),
 ]
-# Between the two models' mean predicted quality: meeting it takes the better model or a cascade.
-ALPHA = 0.65
+# Above what the cheaper model alone is predicted to reach on these questions, so meeting it takes
+# the dearer model or cascades; and reachable with every job placed (a higher target would leave
+# the weakest jobs waiting for quality headroom, as the optimizer's mean-quality row allows).
+ALPHA = 0.6
 
 
 def test_the_policy_plans_cascades_from_recorded_answers_and_real_workers_run_them(

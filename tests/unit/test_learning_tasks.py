@@ -4,6 +4,7 @@ per-job cache."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from scheduler.fleet import BackendKind, Fleet, ModelSpec
 from scheduler.learning.fleet_predictor import FleetPredictor, PredictionCache
@@ -22,9 +23,11 @@ def _data(with_tasks: bool) -> TrainingSet:
                        tasks=tasks if with_tasks else None)
 
 
-def _fleet() -> Fleet:
+def _fleet(prior_labels: float = 0.0) -> Fleet:
+    """The two models; by default the fit is trusted as it is (no blend with the prior)."""
     return Fleet(models=tuple(ModelSpec(name=name, backend=BackendKind.ECHO, weights=f"test:{name}",
-                                        usd_per_mtok_input=1.0, usd_per_mtok_output=1.0) for name in MODELS))
+                                        usd_per_mtok_input=1.0, usd_per_mtok_output=1.0, quality_prior=0.5,
+                                        quality_prior_labels=prior_labels) for name in MODELS))
 
 
 def test_fit_predictor_passes_the_training_sets_tasks() -> None:
@@ -47,3 +50,16 @@ def test_fleet_predictor_hands_tasks_to_the_fitted_predictor_and_skips_the_cache
     plain = fleet_predictor.predict(prompts, keys=keys)               # production: no tasks, cached
     assert np.allclose(plain.p_success, fitted.predict(prompts).p_success)
     assert cache.missing("v1", keys) == []
+
+
+def test_a_model_seen_a_few_times_is_pulled_towards_its_prior_and_one_seen_often_is_not() -> None:
+    few = TrainingSet(["a", "b"], np.array([[1.0, 1.0], [1.0, 1.0]]), np.full((2, 2), 10.0), list(MODELS))
+    many = TrainingSet([f"q{i}" for i in range(1000)], np.ones((1000, 2)), np.full((1000, 2), 10.0), list(MODELS))
+    for data, n in ((few, 2), (many, 1000)):
+        fitted = fit_predictor("linear", data)
+        raw = fitted.predict(["c"]).p_success[0, 0]
+        blended = FleetPredictor(_fleet(prior_labels=10.0), fitted, "v").predict(["c"]).p_success[0, 0]
+        weight = n / (n + 10.0)
+        assert blended == pytest.approx(weight * raw + (1 - weight) * 0.5)
+    assert abs(FleetPredictor(_fleet(prior_labels=10.0), fit_predictor("linear", few), "v").predict(["c"])
+               .p_success[0, 0] - 0.5) < 0.1                           # two perfect labels promise little
