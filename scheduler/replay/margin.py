@@ -24,7 +24,7 @@ from sklearn.model_selection import KFold
 from scheduler.datasets.costing import OutcomeMatrix
 from scheduler.datasets.records import ModelPrice
 from scheduler.replay.policies import SolverChoice
-from scheduler.replay.simulated_fleet import PolicyRouter, production_fit, simulated_fleet
+from scheduler.replay.simulated_fleet import PolicyRouter, fleet_predictions, production_fit, simulated_fleet
 
 DEFAULT_Z = 1.645
 
@@ -66,15 +66,15 @@ def cross_validated_bias(
         held = held.subset(held.complete_rows())
         if len(held.ids) == 0:
             continue
-        predictor = production_fit(predictor_name, fit, use_tasks)
-        pred = predictor.predict(held.prompts, tasks=held.tasks if use_tasks else None)
+        # The production predictor and policy on a simulated fleet priced from this fold, as the replay routes.
+        fleet = simulated_fleet(held.models, prices, fit, window)
+        predictor = production_fit(predictor_name, fit, use_tasks, model_names=fleet.names)
+        p_all, tokens_all = fleet_predictions(fleet, predictor, held.prompts, held.tasks if use_tasks else None,
+                                              assumed_output_tokens)
         order = rng.permutation(len(held.ids))
-        p, s = pred.p_success[order], held.scores[order]
-        tokens = (pred.output_tokens[order] if pred.output_tokens is not None
-                  else np.full(p.shape, float(assumed_output_tokens)))
-        # The production policy on a simulated fleet priced from this fold, as the replay routes.
-        router = PolicyRouter(simulated_fleet(held.models, prices, fit, window), [held.ids[i] for i in order],
-                              [held.prompts[i] for i in order], p, tokens, solver, window)
+        p, s, tokens = p_all[order], held.scores[order], tokens_all[order]
+        router = PolicyRouter(fleet, [held.ids[i] for i in order], [held.prompts[i] for i in order], p, tokens,
+                              solver, window)
         rates = np.nanmean(fit.scores, axis=0)
         for alpha in _alphas(rates, num_alphas):
             pick = router.route(alpha)

@@ -28,7 +28,7 @@ from scheduler.replay.cascade_replay import CascadeFit, fit_cascade, run_plans
 from scheduler.replay.costs import decision_cost_usd
 from scheduler.replay.frontier import DEFAULT_REFINE_STEPS, refine_reach_best
 from scheduler.replay.margin import DEFAULT_Z, SafetyMargin, cross_validated_bias
-from scheduler.replay.simulated_fleet import PolicyRouter, production_fit, simulated_fleet
+from scheduler.replay.simulated_fleet import PolicyRouter, fleet_predictions, production_fit, simulated_fleet
 from scheduler.replay.report import BestSingle, PolicyPoint, ReplayReport, make_point
 
 Progress = Callable[[str, int, int], None]   # (what is running now, steps done, steps in all)
@@ -113,14 +113,17 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
     fits: dict[str, Predictor] = {}
     preds: dict[str, Prediction] = {}
     fit_s: dict[str, float] = {}
+    fleet = simulated_fleet(test.models, dataset.prices, train, config.window)
     for name in (config.predictor, "eccos-r"):
         start = time.perf_counter()
-        fits[name] = production_fit(name, train, config.use_tasks)
+        # Ours is fitted under the simulated fleet's names, as production fits under the fleet's.
+        fits[name] = production_fit(name, train, config.use_tasks,
+                                    model_names=fleet.names if name == config.predictor else None)
         preds[name] = fits[name].predict(
             [test.prompts[i] for i in order], tasks=[test.tasks[i] for i in order] if config.use_tasks else None,
         )
         fit_s[name] = time.perf_counter() - start
-    ours, eccos = preds[config.predictor], preds["eccos-r"]
+    eccos = preds["eccos-r"]
     test_perm = test.subset(order)
     cost_eccos = decision_cost_usd(test_perm, train, dataset.prices, eccos.output_tokens, config.assumed_output_tokens)
     say("predictors fitted", 1)
@@ -150,10 +153,11 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
     test_task_rates = pol.task_rates(scores, tasks_in_order)
     # Ours is the production policy on a simulated fleet (simulated_fleet.py); the oracles and
     # ECCOS's ILP are baselines and call the optimizer directly (policies.ilp_policy).
-    ours_tokens = ours.output_tokens if ours.output_tokens is not None else np.full(
-        (n, m), float(config.assumed_output_tokens))
-    production = PolicyRouter(simulated_fleet(test.models, dataset.prices, train, config.window), test_perm.ids,
-                              test_perm.prompts, ours.p_success, ours_tokens, config.solver, config.window)
+    # What the tick's policy sees: the production FleetPredictor over our fit (its prior blend included).
+    ours_p, ours_tokens = fleet_predictions(fleet, fits[config.predictor], test_perm.prompts,
+                                            tasks_in_order if config.use_tasks else None, config.assumed_output_tokens)
+    production = PolicyRouter(fleet, test_perm.ids, test_perm.prompts, ours_p, ours_tokens, config.solver,
+                              config.window)
     routers: dict[str, Callable[[float], np.ndarray]] = {   # alpha -> chosen model per job
         "oracle": lambda a: pol.ilp_policy(scores, real_cost, a, config.window, config.solver),
         "task-oracle": lambda a: pol.ilp_policy(test_task_rates, real_cost, a, config.window, config.solver),
@@ -182,10 +186,10 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
         say("fitting the cascade model on train (ex-ante and post-hoc cross-fits)")
         observed_cost = np.where(np.isnan(train.scores), np.nan,
                                  realised_cost_usd(train, dataset.prices, config.assumed_output_tokens))
-        cascade = fit_cascade(train, test_perm, ours.p_success, config.predictor, np.nanmean(observed_cost, axis=0),
+        cascade = fit_cascade(train, test_perm, ours_p, config.predictor, np.nanmean(observed_cost, axis=0),
                               use_tasks=config.use_tasks, folds=config.cv_folds, seed=config.seed,
                               posthoc=config.posthoc)
-        cascading = PolicyRouter(production.fleet, test_perm.ids, test_perm.prompts, ours.p_success, ours_tokens,
+        cascading = PolicyRouter(production.fleet, test_perm.ids, test_perm.prompts, ours_p, ours_tokens,
                                  config.solver, config.window, cascade=cascade.model)
         fitted = cascade
 

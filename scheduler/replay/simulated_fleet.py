@@ -32,6 +32,7 @@ from scheduler.datasets.costing import OutcomeMatrix
 from scheduler.datasets.records import ModelPrice
 from scheduler.cascade import CascadeModel
 from scheduler.fleet import BackendKind, Fleet, ModelSpec
+from scheduler.learning.fleet_predictor import FleetPredictor
 from scheduler.learning.learner import fit_predictor
 from scheduler.learning.training import TrainingSet
 from scheduler.plan import ModelState, Plan, WindowJob
@@ -81,6 +82,19 @@ def production_fit(kind: str, data: OutcomeMatrix, use_tasks: bool,
     return fit_predictor(kind, TrainingSet(
         list(data.prompts), data.scores, data.output_tokens, list(model_names or data.models),
         tasks=list(data.tasks) if use_tasks else None))
+
+
+def fleet_predictions(fleet: Fleet, fitted: Predictor, prompts: Sequence[str], tasks: Sequence[str] | None,
+                      assumed_output_tokens: float) -> tuple[np.ndarray, np.ndarray]:
+    """(p, output tokens), each (N, M) in the fleet's column order, as the tick sees them: the
+    production ``FleetPredictor`` over ``fitted`` (fitted with the fleet's names, see
+    :func:`production_fit`), so its blend of each model's fitted p with the fleet prior applies;
+    lengths nothing predicts are ``assumed_output_tokens``."""
+    prediction = FleetPredictor(fleet, fitted, "replay").predict(list(prompts), tasks=tasks)
+    tokens = prediction.output_tokens
+    if tokens is None:
+        tokens = np.full(prediction.p_success.shape, float(assumed_output_tokens))
+    return prediction.p_success, np.where(np.isnan(tokens), float(assumed_output_tokens), tokens)
 
 
 def ample_states(fleet: Fleet, jobs: int) -> list[ModelState]:
