@@ -69,8 +69,8 @@ def cross_validated_bias(
         # The production predictor and policy on a simulated fleet priced from this fold, as the replay routes.
         fleet = simulated_fleet(held.models, prices, fit, window)
         predictor = production_fit(predictor_name, fit, use_tasks, model_names=fleet.names)
-        p_all, tokens_all = fleet_predictions(fleet, predictor, held.prompts, held.tasks if use_tasks else None,
-                                              assumed_output_tokens)
+        p_all, tokens_all = fleet_predictions(fleet, predictor, held.ids, held.prompts,
+                                              held.tasks if use_tasks else None, assumed_output_tokens)
         order = rng.permutation(len(held.ids))
         p, s, tokens = p_all[order], held.scores[order], tokens_all[order]
         router = PolicyRouter(fleet, [held.ids[i] for i in order], [held.prompts[i] for i in order], p, tokens,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -38,7 +37,7 @@ from scheduler.datasets.costing import (
 from scheduler.datasets.records import OutcomeDataset, Split
 from scheduler.fleet import Fleet
 from scheduler.learning.exploration import Exploration, Feedback, promise_gap
-from scheduler.learning.fleet_predictor import FleetPrediction, FleetPredictor
+from scheduler.learning.fleet_predictor import FleetPredictor
 from scheduler.learning.learner import fit_predictor
 from scheduler.learning.training import TrainingSet
 from scheduler.policy import OptimizingPolicy
@@ -49,6 +48,7 @@ from scheduler.replay.runner import Progress, ReplayError
 from scheduler.replay.simulated_fleet import (
     REPLAY_NOW,
     PlannedPicks,
+    TaskPredictor,
     ample_states,
     read_plans,
     simulated_fleet,
@@ -87,32 +87,6 @@ def default_alpha(single_quality: np.ndarray, single_cost: np.ndarray, step: flo
 
 def auto_refit_every(n_windows: int) -> int:
     return max(1, math.ceil(n_windows / TARGET_REFITS))
-
-
-class TaskPredictor:
-    """The policy's predictor: the production ``FleetPredictor``, handed each job's task label.
-
-    ``OptimizingPolicy.plan`` asks by prompts and keys (job ids); the replay's jobs carry a task
-    label that production jobs do not, so it is looked up here by id. Lengths nothing predicts
-    (a model the version does not know, a dataset without token counts) are the replay's assumed
-    length, as in the offline replay's decision cost."""
-
-    def __init__(self, predictor: FleetPredictor, tasks: dict[str, str] | None, assumed_output_tokens: float) -> None:
-        self.predictor = predictor
-        self.tasks = tasks
-        self.assumed_output_tokens = float(assumed_output_tokens)
-
-    @property
-    def name(self) -> str:
-        return self.predictor.name
-
-    def predict(self, prompts: Sequence[str], keys: Sequence[str] | None = None) -> FleetPrediction:
-        tasks = [self.tasks[k] for k in keys] if self.tasks is not None and keys is not None else None
-        prediction = self.predictor.predict(prompts, keys=keys, tasks=tasks)
-        tokens = prediction.output_tokens
-        if tokens is None:
-            tokens = np.full(prediction.p_success.shape, self.assumed_output_tokens)
-        return FleetPrediction(prediction.p_success, np.where(np.isnan(tokens), self.assumed_output_tokens, tokens))
 
 
 class LearningPolicy:

@@ -154,7 +154,7 @@ def run_replay(dataset: OutcomeDataset, config: ReplayConfig, progress: Progress
     # Ours is the production policy on a simulated fleet (simulated_fleet.py); the oracles and
     # ECCOS's ILP are baselines and call the optimizer directly (policies.ilp_policy).
     # What the tick's policy sees: the production FleetPredictor over our fit (its prior blend included).
-    ours_p, ours_tokens = fleet_predictions(fleet, fits[config.predictor], test_perm.prompts,
+    ours_p, ours_tokens = fleet_predictions(fleet, fits[config.predictor], test_perm.ids, test_perm.prompts,
                                             tasks_in_order if config.use_tasks else None, config.assumed_output_tokens)
     production = PolicyRouter(fleet, test_perm.ids, test_perm.prompts, ours_p, ours_tokens, config.solver,
                               config.window)

@@ -32,7 +32,7 @@ from scheduler.datasets.costing import OutcomeMatrix
 from scheduler.datasets.records import ModelPrice
 from scheduler.cascade import CascadeModel
 from scheduler.fleet import BackendKind, Fleet, ModelSpec
-from scheduler.learning.fleet_predictor import FleetPredictor
+from scheduler.learning.fleet_predictor import FleetPrediction, FleetPredictor
 from scheduler.learning.learner import fit_predictor
 from scheduler.learning.training import TrainingSet
 from scheduler.plan import ModelState, Plan, WindowJob
@@ -84,17 +84,42 @@ def production_fit(kind: str, data: OutcomeMatrix, use_tasks: bool,
         tasks=list(data.tasks) if use_tasks else None))
 
 
-def fleet_predictions(fleet: Fleet, fitted: Predictor, prompts: Sequence[str], tasks: Sequence[str] | None,
-                      assumed_output_tokens: float) -> tuple[np.ndarray, np.ndarray]:
+class TaskPredictor:
+    """The policy's predictor: the production ``FleetPredictor``, handed each job's task label.
+
+    ``OptimizingPolicy.plan`` asks by prompts and keys (job ids); the replay's jobs carry a task
+    label that production jobs do not, so it is looked up here by id. Lengths nothing predicts
+    (a model the version does not know, a dataset without token counts) are the replay's assumed
+    length, as in the offline replay's decision cost."""
+
+    def __init__(self, predictor: FleetPredictor, tasks: dict[str, str] | None, assumed_output_tokens: float) -> None:
+        self.predictor = predictor
+        self.tasks = tasks
+        self.assumed_output_tokens = float(assumed_output_tokens)
+
+    @property
+    def name(self) -> str:
+        return self.predictor.name
+
+    def predict(self, prompts: Sequence[str], keys: Sequence[str] | None = None) -> FleetPrediction:
+        tasks = [self.tasks[k] for k in keys] if self.tasks is not None and keys is not None else None
+        prediction = self.predictor.predict(prompts, keys=keys, tasks=tasks)
+        tokens = prediction.output_tokens
+        if tokens is None:
+            tokens = np.full(prediction.p_success.shape, self.assumed_output_tokens)
+        return FleetPrediction(prediction.p_success, np.where(np.isnan(tokens), self.assumed_output_tokens, tokens))
+
+
+def fleet_predictions(fleet: Fleet, fitted: Predictor, ids: Sequence[str], prompts: Sequence[str],
+                      tasks: Sequence[str] | None, assumed_output_tokens: float) -> tuple[np.ndarray, np.ndarray]:
     """(p, output tokens), each (N, M) in the fleet's column order, as the tick sees them: the
     production ``FleetPredictor`` over ``fitted`` (fitted with the fleet's names, see
-    :func:`production_fit`), so its blend of each model's fitted p with the fleet prior applies;
-    lengths nothing predicts are ``assumed_output_tokens``."""
-    prediction = FleetPredictor(fleet, fitted, "replay").predict(list(prompts), tasks=tasks)
-    tokens = prediction.output_tokens
-    if tokens is None:
-        tokens = np.full(prediction.p_success.shape, float(assumed_output_tokens))
-    return prediction.p_success, np.where(np.isnan(tokens), float(assumed_output_tokens), tokens)
+    :func:`production_fit`), so its blend of each model's fitted p with the fleet prior applies."""
+    tasks_by_id = None if tasks is None else dict(zip(ids, tasks, strict=True))
+    prediction = TaskPredictor(FleetPredictor(fleet, fitted, "replay"), tasks_by_id,
+                               assumed_output_tokens).predict(prompts, keys=ids)
+    assert prediction.output_tokens is not None   # TaskPredictor fills every length
+    return prediction.p_success, prediction.output_tokens
 
 
 def ample_states(fleet: Fleet, jobs: int) -> list[ModelState]:
