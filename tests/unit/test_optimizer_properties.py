@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,6 +158,22 @@ def test_fast_is_close_to_exact_on_synthetic_windows(seed):
     assert exact.status is SolveStatus.OPTIMAL
     assert fast.objective_usd <= exact.objective_usd * 1.03
     assert fast.lower_bound_usd <= exact.objective_usd * (1 + 1e-9)
+
+
+def test_the_core_lp_takes_no_quality_slack_where_the_window_is_feasible():
+    """A relaxed window hypothesis found (943 jobs, 4 models, tiny p - alpha gaps): with the slack
+    priced at 1e4 x the dearest cost, the LP preferred 2.8e-5 of quality slack to the feasible
+    plan $0.80 dearer."""
+    data = np.load(Path(__file__).resolve().parents[1] / "data" / "lp_slack_window.npz")
+    problem = AssignmentProblem(cost_usd=data["cost_usd"], p_success=data["p_success"], capacity=data["capacity"],
+                                eligible=data["eligible"], group=data["group"], alpha=data["alpha"],
+                                deferral_penalty_usd=data["deferral_penalty_usd"])
+    coeff, scale = data["coeff"], float(data["scale"])
+    core = lp_core.solve_lp(problem, coeff, scale)
+    full = solve_subset(problem, np.arange(problem.num_jobs), np.full(problem.num_jobs, -1), coeff=coeff, scale=scale)
+    assert full.slack == 0.0
+    assert core.slack <= 1e-9
+    assert core.value == pytest.approx(full.objective, rel=1e-6)
 
 
 @settings(SETTINGS, max_examples=8)
