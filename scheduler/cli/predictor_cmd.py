@@ -46,14 +46,14 @@ def fit(dataset: Annotated[Optional[list[Path]], typer.Option(
         records = learner.imported.load()
         if records:
             typer.echo(f"learning from the {len(records)} outcome records imported earlier ({learner.imported.path})")
-    version = learner.refit(utcnow())
+    version = learner.refit(utcnow(), records)
     typer.echo(f"predictor {current.predictor_kind} version {version} saved to {learner.versions.path(version)}")
     if cascade:
-        version = learner.refit_cascade(utcnow())
+        version = learner.refit_cascade(utcnow(), records)
         strategies = learner.cascades.load(version).strategies
         typer.echo(f"cascade model version {version} ({len(strategies)} strategies) saved to "
                    f"{learner.cascades.path(version)}")
-        version = learner.refit_judge(utcnow())
+        version = learner.refit_judge(utcnow(), records)
         typer.echo(f"answer judge version {version} saved to {learner.judges.path(version)}")
 
 

@@ -24,7 +24,6 @@ FILE_NAME = "imported-outcomes.jsonl"
 class ImportedOutcomes:
     def __init__(self, directory: Path) -> None:
         self.path = directory / FILE_NAME
-        self._loaded: tuple[tuple[int, int], list[OutcomeRecord]] | None = None   # (mtime_ns, size), records
 
     def replace(self, records: Sequence[OutcomeRecord]) -> None:
         """Keep ``records`` as the imported outcome data (written whole, then renamed into place)."""
@@ -36,15 +35,11 @@ class ImportedOutcomes:
         os.replace(partial, self.path)
 
     def load(self) -> list[OutcomeRecord]:
-        """The imported records ([] when none were imported); re-read only when the file changed."""
+        """The imported records ([] when none were imported), read afresh for each fit: a refit is
+        rare, and the scheduler should not hold a large import in memory between refits."""
         try:
-            stat = self.path.stat()
+            with self.path.open(encoding="utf-8") as fh:
+                return [parse_record(json.loads(line), f"{self.path}:{number}")
+                        for number, line in enumerate(fh, 1) if line.strip()]
         except FileNotFoundError:
             return []
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if self._loaded is None or self._loaded[0] != stamp:
-            with self.path.open(encoding="utf-8") as fh:
-                records = [parse_record(json.loads(line), f"{self.path}:{number}")
-                           for number, line in enumerate(fh, 1) if line.strip()]
-            self._loaded = (stamp, records)
-        return self._loaded[1]
