@@ -190,11 +190,16 @@ class Learner:
 
         def fit() -> None:
             try:
-                self.refit(now)
+                imported = self.imported.load()   # read once for both fits
+            except Exception:  # noqa: BLE001 - a fit without it would forget the import
+                log.exception("reading the imported outcome data failed; the current versions stay")
+                return
+            try:
+                self.refit(now, imported)
             except Exception:  # noqa: BLE001 - keep scheduling with the current predictor
                 log.exception("refitting the predictor failed")
             try:
-                self.refit_judge(now)
+                self.refit_judge(now, imported)
             except PredictorError as exc:   # e.g. too few labelled answers yet: the current judge stays
                 log.info("the answer judge was not refitted: %s", exc)
             except Exception:  # noqa: BLE001 - keep reviewing with the current judge
