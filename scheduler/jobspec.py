@@ -297,7 +297,8 @@ class BatchSpec(RequestModel):
     jobs: list[JobSpec] = Field(min_length=1)
     name: StorableText | None = Field(default=None, max_length=200)
     alpha: float | None = Field(default=None, ge=0.0, le=1.0,
-                                description="Mean predicted quality the batch's scheduled jobs must reach.")
+                                description="Mean predicted quality the batch's jobs must reach, over all the jobs "
+                                            "it dispatches.")
     max_cost_usd: float | None = Field(default=None, gt=0.0, description="Spend cap for the whole batch.")
     max_pending_s: float | None = _max_pending_field("the server's setting; a job's own max_pending_s wins")
     idempotency_key: StorableText | None = IdempotencyKey

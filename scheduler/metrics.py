@@ -37,8 +37,8 @@ from prometheus_client.registry import Collector
 
 from scheduler.plan import Assignment, Deferral, Ending
 from scheduler.policy import (
-    BATCH_BUDGET_REASON, CAPACITY_REASON, FAIR_SHARE_REASON, MAX_COST_REASON, MIN_QUALITY_REASON,
-    NO_LIVE_WORKER_REASON, TENANT_BUDGET_REASON,
+    BATCH_BUDGET_REASON, BATCH_QUALITY_REASON, CAPACITY_REASON, FAIR_SHARE_REASON, MAX_COST_REASON,
+    MIN_QUALITY_REASON, NO_LIVE_WORKER_REASON, TENANT_BUDGET_REASON,
 )
 from scheduler.storage.monitoring import MonitoringStore, StoreSnapshot
 from scheduler.storage.types import utcnow
@@ -53,7 +53,7 @@ TICK_STAGES = ("recover", "claim", "plan", "commit", "publish")
 DEFERRAL_KINDS: dict[str, str] = {
     CAPACITY_REASON: "capacity", FAIR_SHARE_REASON: "fair_share", BATCH_BUDGET_REASON: "batch_budget",
     TENANT_BUDGET_REASON: "tenant_budget", NO_LIVE_WORKER_REASON: "no_live_worker",
-    MIN_QUALITY_REASON: "min_quality", MAX_COST_REASON: "max_cost",
+    MIN_QUALITY_REASON: "min_quality", MAX_COST_REASON: "max_cost", BATCH_QUALITY_REASON: "batch_quality",
 }
 ENDING_KINDS = {Ending.EXPIRED: "expired", Ending.FAILED: "never_servable"}
 OTHER = "other"

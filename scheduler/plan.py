@@ -44,6 +44,10 @@ class WindowJob:
     attempts: int
     expire_on_deadline_miss: bool = False
     batch_budget_left_usd: float | None = None   # the batch's cap minus what it spent and reserved
+    # The batch's jobs that earlier ticks dispatched, and the sum of their predicted quality: its
+    # alpha is a mean over the whole batch, so they count in this tick's quality row too.
+    batch_settled_jobs: int = 0
+    batch_settled_p_sum: float = 0.0
     last_reason: str | None = None               # what the job was last told (a deferral repeats it silently)
     tenant: str = "default"                      # who submitted it
     tenant_weight: float = 1.0                   # the tenant's share of scarce capacity, relative to others'

@@ -39,6 +39,9 @@ EXACT_TIME_LIMIT_S = 2.0
 # nothing that changes from tick to tick (amounts and solver details go to the plan's notes).
 CAPACITY_REASON = ("waiting: not enough free capacity or quality headroom this tick; its priority rises "
                    "the longer it waits")
+BATCH_QUALITY_REASON = ("waiting: a model it may use has room, but running it now would pull its batch's mean "
+                        "predicted quality below the batch's alpha; it runs once the batch's other jobs leave "
+                        "enough headroom")
 BATCH_BUDGET_REASON = ("waiting: its batch's max_cost_usd leaves too little for this job beside the others "
                        "planned (the batch's remaining budget is in the tick's notes)")
 TENANT_BUDGET_REASON = ("waiting: its tenant's max_spend_usd leaves too little for this job beside the others "
@@ -128,18 +131,21 @@ class OptimizingPolicy:
         penalty = np.where([j.must_place for j in live], np.inf, penalty)
         # The promise check: where recent outcomes fell short of the predicted p, ask for more.
         alpha = np.minimum(alpha + self.feedback.promise_gap, 1.0)
+        settled_jobs, settled_p_sum = _settled(live, group, alpha)
         columns = OptimizerColumns(est.cost_usd, est.p_success, capacity, restrict_to_pinned(eligibility.mask, pinned))
         if self.cascade is not None:
             columns = with_cascades(columns, self.cascade, live, est, pinned)
         problem = AssignmentProblem(
             cost_usd=columns.cost_usd, p_success=columns.p_success, capacity=columns.capacity,
-            eligible=columns.eligible, group=group, alpha=alpha, deferral_penalty_usd=penalty)
+            eligible=columns.eligible, group=group, alpha=alpha, deferral_penalty_usd=penalty,
+            settled_jobs=settled_jobs, settled_p_sum=settled_p_sum)
         method = self.method
         if method == "auto":
             method = "exact" if len(live) <= EXACT_MAX_JOBS else "fast"
         time_limit_s = self.time_limit_s or (EXACT_TIME_LIMIT_S if method == "exact" else 60.0)
         solution = solve(problem, method=method, backend=self.backend, time_limit_s=time_limit_s)
         chosen, over_budget = _within_budgets(live, solution.model_index, columns.cost_usd)
+        held_for_quality = _held_for_quality(problem, solution.model_index)
         assignments, deferrals = [], list(expired)
         reasons = _Reasons(est, eligibility, self.fleet, pinned, self.feedback.promise_gap)
         names = self.fleet.names
@@ -167,8 +173,10 @@ class OptimizingPolicy:
                 deferrals.append(Deferral(job.id, over_budget[i] or BATCH_BUDGET_REASON))
             elif eligibility.blocked_by[i] is not None:
                 deferrals.append(Deferral(job.id, eligibility.blocked_by[i] or ""))
+            elif not inside_share[i]:
+                deferrals.append(Deferral(job.id, FAIR_SHARE_REASON))
             else:
-                deferrals.append(Deferral(job.id, CAPACITY_REASON if inside_share[i] else FAIR_SHARE_REASON))
+                deferrals.append(Deferral(job.id, BATCH_QUALITY_REASON if held_for_quality[i] else CAPACITY_REASON))
         return Plan(tick_id, now, self.name, tuple(assignments), tuple(deferrals),
                     objective_usd=solution.objective_usd, lower_bound_usd=solution.lower_bound_usd,
                     solver=method, solver_status=solution.status.value, solve_s=solution.solve_time_s,
@@ -333,6 +341,35 @@ def _quality_groups(jobs: Sequence[WindowJob]) -> tuple[np.ndarray, np.ndarray]:
             alphas.append(job.batch_alpha)
         group[i] = index[job.batch_id]
     return group, np.array(alphas, dtype=float)
+
+
+def _held_for_quality(problem: AssignmentProblem, model_index: np.ndarray) -> np.ndarray:
+    """(N,) deferred jobs of a batch with a target for which some allowed option still has room in
+    the plan: a deferral costs dollars and a run micro-dollars, so what held such a job back is
+    its batch's quality row, not capacity."""
+    load = np.bincount(model_index[model_index >= 0], minlength=problem.num_models)
+    room = problem.eligible & (load < problem.capacity)[None, :]
+    has_target = ~np.isnan(problem.alpha[problem.group])
+    return (model_index < 0) & has_target & room.any(axis=1)
+
+
+def _settled(jobs: Sequence[WindowJob], group: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(G,) count and predicted-quality sum of each batch's jobs that earlier ticks dispatched.
+
+    A batch's alpha is a mean over all its jobs: without them, a job deferred to lift one tick's
+    mean would, once its batch-mates had run, wait alone for headroom it can never get. A batch
+    whose dispatched jobs are below its alpha now (its promise margin rose since) counts none, so
+    the jobs left are held to alpha on their own, not made to make up the difference."""
+    count = np.zeros(alpha.size, dtype=np.int64)
+    total = np.zeros(alpha.size)
+    for i in np.unique(group, return_index=True)[1].tolist():
+        g, job = int(group[i]), jobs[i]
+        if np.isnan(alpha[g]) or job.batch_settled_jobs <= 0:
+            continue
+        p_sum = min(max(job.batch_settled_p_sum, 0.0), float(job.batch_settled_jobs))
+        if p_sum >= job.batch_settled_jobs * alpha[g]:
+            count[g], total[g] = job.batch_settled_jobs, p_sum
+    return count, total
 
 
 class _Reasons:

@@ -21,7 +21,7 @@ import numpy as np
 import pulp
 
 from scheduler.optimizer.highs_model import cost_scale, quality_coeff, solve_subset
-from scheduler.optimizer.problem import AssignmentProblem
+from scheduler.optimizer.problem import AssignmentProblem, settled_surplus
 
 DEFAULT_GAP_REL = 1e-4
 
@@ -67,10 +67,12 @@ def _build(problem: AssignmentProblem, scale: float
                                              rhs=float(problem.capacity[j])), name=f"cap_{j}")
     a = coeff[ji, mj]
     gi = problem.group[ji]
+    settled = settled_surplus(problem)
     for g in np.flatnonzero(~np.isnan(problem.alpha)):
         cols = np.flatnonzero(gi == g)
         expr = pulp.LpAffineExpression([(x[k], float(a[k])) for k in cols.tolist()])
-        prob.addConstraint(pulp.LpConstraint(expr, pulp.LpConstraintGE, rhs=0.0), name=f"quality_{g}")
+        prob.addConstraint(pulp.LpConstraint(expr, pulp.LpConstraintGE, rhs=-float(settled[g])),
+                           name=f"quality_{g}")
     return prob, x, ji, mj
 
 

@@ -1,7 +1,7 @@
 """The assignment LP/MILP over a subset of jobs, built as a sparse matrix and solved with highspy.
 
 Jobs outside ``free`` keep a fixed choice and enter only through the right-hand sides (capacity
-they use, quality they add). With ``elastic_penalty`` every capacity and quality row gets a slack
+they use, quality they add), as do each group's settled jobs. With ``elastic_penalty`` every capacity and quality row gets a slack
 priced at that penalty, so the model is feasible whatever was fixed; a positive slack at the
 optimum then proves the rows cannot all hold. Costs are divided by ``cost_scale`` before HiGHS
 sees them: its tolerances are absolute (1e-7), and raw costs of 1e-5 USD would sit under them.
@@ -14,7 +14,7 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 
-from scheduler.optimizer.problem import AssignmentProblem
+from scheduler.optimizer.problem import AssignmentProblem, settled_surplus
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def solve_subset(
     is_free[free] = True
     fixed_on = (~is_free) & (choice >= 0)
     used = np.bincount(choice[fixed_on], minlength=m).astype(float)
-    q_fixed = np.zeros(num_g)
+    q_fixed = settled_surplus(problem)
     np.add.at(q_fixed, problem.group[fixed_on], coeff[np.flatnonzero(fixed_on), choice[fixed_on]])
 
     local = np.full(n, -1)

@@ -7,7 +7,8 @@ option that is clearly cheapest at those prices; only the jobs near a tie need t
 
 Prices. For capacity prices mu_j >= 0 and quality prices lambda_g >= 0 each job's reduced cost is
     r_ij = c_ij + mu_j - lambda_g (p_ij - alpha_g)     (eligible j),    r_i,defer = w_i
-and the Lagrangian dual  D(mu, lambda) = sum_i min_k r_ik - sum_j W_j mu_j  is a lower bound on the
+and the Lagrangian dual  D(mu, lambda) = sum_i min_k r_ik - sum_j W_j mu_j - sum_g s_g lambda_g
+(s_g: the constant surplus of group g's settled jobs) is a lower bound on the
 integer optimum for *any* prices (weak duality), so the gap we report is measured, not assumed.
 
 Algorithm (column generation over jobs):
@@ -34,7 +35,7 @@ import numpy as np
 
 from scheduler.optimizer.highs_model import Columns, HighsResult, solve_subset
 from scheduler.optimizer.prices import capacity_short, smooth_prices
-from scheduler.optimizer.problem import AssignmentProblem, subproblem
+from scheduler.optimizer.problem import AssignmentProblem, settled_surplus, subproblem
 
 BASE_JOBS = 500          # at most this many jobs: one LP over all of them
 CORE_FRACTION = 0.03     # first core: the closest 3% of jobs ...
@@ -66,9 +67,11 @@ def reduced_costs(
     return np.concatenate([r, problem.deferral_penalty_usd[:, None]], axis=1)
 
 
-def dual_value(r: np.ndarray, capacity: np.ndarray, mu: np.ndarray) -> float:
-    """D(mu, lambda) from the reduced costs (for a relaxed problem every job has an option)."""
-    return float(r.min(axis=1).sum() - capacity @ mu)
+def dual_value(problem: AssignmentProblem, r: np.ndarray, capacity: np.ndarray, mu: np.ndarray,
+               lam: np.ndarray) -> float:
+    """D(mu, lambda) from the reduced costs (for a relaxed problem every job has an option); the
+    groups' settled jobs add their constant surplus at the quality prices."""
+    return float(r.min(axis=1).sum() - capacity @ mu - settled_surplus(problem) @ lam)
 
 
 def _option(k: np.ndarray, num_models: int) -> np.ndarray:
@@ -168,13 +171,13 @@ def _solve_open(problem: AssignmentProblem, coeff: np.ndarray, scale: float, sho
                            elastic_penalty=penalty)
         r = reduced_costs(problem, coeff, res.mu, res.lam)
         return LpCore(_largest(res, choice), core, res, res.objective,
-                      min(dual_value(r, cap, res.mu), res.objective), res.slack, 1, short)
+                      min(dual_value(problem, r, cap, res.mu, res.lam), res.objective), res.slack, 1, short)
 
     y = smooth_prices(problem, coeff, scale, cap, short=short)
     mu, lam = y[:m], y[m:]
 
     r = reduced_costs(problem, coeff, mu, lam)
-    bound = dual_value(r, cap, mu)
+    bound = dual_value(problem, r, cap, mu, lam)
     # Capacity short, the jobs that can be scheduled number the slots, not the window.
     size = min(n, max(MIN_CORE, int(CORE_FRACTION * (min(n, cap.sum()) if short else n))))
     in_core = np.zeros(n, dtype=bool)
@@ -195,7 +198,7 @@ def _solve_open(problem: AssignmentProblem, coeff: np.ndarray, scale: float, sho
             in_core[np.argpartition(gap, extra - 1)[:extra]] = True
             continue
         r_new = reduced_costs(problem, coeff, res.mu, res.lam)
-        value_new = dual_value(r_new, cap, res.mu)
+        value_new = dual_value(problem, r_new, cap, res.mu, res.lam)
         better = value_new > bound
         bound = max(bound, value_new)
         k_fixed = np.where(choice < 0, m, choice)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler.optimizer.problem import AssignmentProblem
+from scheduler.optimizer.problem import AssignmentProblem, settled_surplus
 
 # Quality rows are sums of (p - alpha) over up to N jobs in floating point; a plan meets a row
 # if its sum is >= -FEASIBILITY_TOL (HiGHS accepts MIP rows to 1e-6, CBC to 1e-7).
@@ -20,12 +20,13 @@ def objective_usd(problem: AssignmentProblem, model_index: np.ndarray) -> float:
 
 def quality_surplus(problem: AssignmentProblem, model_index: np.ndarray,
                     alpha: np.ndarray | None = None) -> np.ndarray:
-    """(G,) sum over the group's scheduled jobs of p - alpha; nan for groups without a target."""
+    """(G,) sum over the group's scheduled and settled jobs of p - alpha; nan for groups without
+    a target."""
     alpha = problem.alpha if alpha is None else alpha
     rows = np.flatnonzero(model_index >= 0)
     gi = problem.group[rows]
     surplus = np.bincount(gi, weights=problem.p_success[rows, model_index[rows]] - alpha[gi],
-                          minlength=alpha.size)
+                          minlength=alpha.size) + settled_surplus(problem, alpha)
     return np.where(np.isnan(alpha), np.nan, surplus)
 
 

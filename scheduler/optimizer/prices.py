@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler.optimizer.problem import AssignmentProblem, subproblem
+from scheduler.optimizer.problem import AssignmentProblem, settled_surplus, subproblem
 
 SAMPLE_JOBS = 4000     # the coarse stage sees at most this many jobs
 COARSE_TAU = 0.1       # relative to the typical cost
@@ -172,10 +172,12 @@ def smooth_prices(
     rows = np.arange(n)
     if n > SAMPLE_JOBS:
         rows = np.sort(np.random.default_rng(0).choice(n, SAMPLE_JOBS, replace=False))
-    coarse = SmoothDual(problem, coeff, scale, capacity * (rows.size / n), np.zeros(g), rows)
+    # A group's settled jobs (problem.py) enter every stage as a constant quality surplus.
+    settled = settled_surplus(problem)
+    coarse = SmoothDual(problem, coeff, scale, capacity * (rows.size / n), settled * (rows.size / n), rows)
     # The early stages only need to land near the next stage's optimum.
     y = _newton(coarse, y, COARSE_TAU, 1e-3)
-    whole = SmoothDual(problem, coeff, scale, capacity, np.zeros(g), np.arange(n))
+    whole = SmoothDual(problem, coeff, scale, capacity, settled, np.arange(n))
     if rows.size < n:
         # The sample's prices are off by its sampling error (~10%): one pass over every job at
         # a middle temperature brings them close enough for the live-set pass to be stable.
@@ -228,7 +230,7 @@ def _misfit(problem: AssignmentProblem, coeff: np.ndarray, scale: float, capacit
         return float(over)
     rows = np.flatnonzero(on)
     gain = coeff[rows, best[rows]]
-    surplus = np.bincount(problem.group[rows], weights=gain, minlength=problem.alpha.size)
+    surplus = np.bincount(problem.group[rows], weights=gain, minlength=problem.alpha.size) + settled_surplus(problem)
     typical = max(float(np.abs(coeff).mean()), 1e-6)
     deficit = np.maximum(-surplus[has_row], 0.0).sum() / typical
     return float(over + deficit)
@@ -272,6 +274,7 @@ def _refit(problem: AssignmentProblem, coeff: np.ndarray, scale: float, capacity
     """Newton on D_tau over the live jobs (within LIVE_TAUS * tau of a tie), the saturated ones
     entering as constants; refit until no saturated job would change its mind."""
     n, m, g = problem.num_jobs, problem.num_models, problem.alpha.size
+    settled = settled_surplus(problem)
     prev_best = np.full(n, -1)
     prev_live = np.zeros(n, dtype=bool)
     for _ in range(MAX_REFITS):
@@ -284,7 +287,7 @@ def _refit(problem: AssignmentProblem, coeff: np.ndarray, scale: float, capacity
         live |= prev_live
         sat = np.flatnonzero(~live & (best < m))
         counts = np.bincount(best[sat], minlength=m).astype(float)
-        offset = np.bincount(problem.group[sat], weights=coeff[sat, best[sat]], minlength=g)
+        offset = np.bincount(problem.group[sat], weights=coeff[sat, best[sat]], minlength=g) + settled
         fine = SmoothDual(problem, coeff, scale, capacity - counts, offset, np.flatnonzero(live))
         moved = _checked(whole, y, _newton(fine, y, tau, 1e-6), tau)
         if moved is None:

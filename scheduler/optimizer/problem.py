@@ -7,13 +7,18 @@ G quality groups.
     minimise   sum_ij cost_usd[i,j] x_ij + sum_i deferral_penalty_usd[i] d_i
     subject to sum_j x_ij + d_i = 1                                  every job i
                sum_i x_ij <= capacity[j]                             every model j
-               sum_{i in g} sum_j (p_success[i,j] - alpha[g]) x_ij >= 0
+               sum_{i in g} sum_j (p_success[i,j] - alpha[g]) x_ij
+                   + settled_p_sum[g] - settled_jobs[g] alpha[g] >= 0
                                                                      every group g with alpha
                x_ij = 0 where not eligible[i,j]
 
-The quality row asks the *mean predicted success of the jobs scheduled in this window* for a
-group to reach alpha (ECCOS's constraint, with deferred jobs left out of the mean rather than
-counted as failures). A job with deferral_penalty_usd = inf must be assigned whenever it can be.
+The quality row asks the mean predicted success of a group's jobs to reach alpha (ECCOS's
+constraint, with deferred jobs left out of the mean rather than counted as failures). The mean
+is over the jobs scheduled in this window *and* the group's ``settled`` jobs: those an earlier
+tick already dispatched (a batch is planned over many ticks), which enter only as a constant.
+Without them a job deferred to lift one tick's mean would, once its batch-mates had run, face a
+row of its own that it can never meet. A job with deferral_penalty_usd = inf must be assigned
+whenever it can be.
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ class AssignmentProblem:
     group: np.ndarray                 # (N,) int in [0, G): the quality group of each job
     alpha: np.ndarray                 # (G,) float: mean-quality target per group; nan = no target
     deferral_penalty_usd: np.ndarray  # (N,) float >= 0: cost of leaving job i for a later tick; inf = never
+    settled_jobs: np.ndarray | None = None   # (G,) int >= 0: the group's jobs earlier ticks dispatched; None = 0
+    settled_p_sum: np.ndarray | None = None  # (G,) float >= 0: the sum of their predicted success; None = 0
 
     @property
     def num_jobs(self) -> int:
@@ -44,8 +51,9 @@ class AssignmentProblem:
 
 def subproblem(problem: AssignmentProblem, rows: np.ndarray,
                deferral_penalty_usd: np.ndarray | None = None) -> AssignmentProblem:
-    """The jobs ``rows`` of ``problem`` with the same models, capacities and groups (a group's
-    row then counts only these jobs); optionally with other deferral penalties for them."""
+    """The jobs ``rows`` of ``problem`` with the same models, capacities, groups and settled
+    jobs (a group's row then counts only these jobs and its settled ones); optionally with other
+    deferral penalties for them."""
     return AssignmentProblem(
         cost_usd=problem.cost_usd[rows],
         p_success=problem.p_success[rows],
@@ -55,7 +63,19 @@ def subproblem(problem: AssignmentProblem, rows: np.ndarray,
         alpha=problem.alpha,
         deferral_penalty_usd=(problem.deferral_penalty_usd[rows] if deferral_penalty_usd is None
                               else deferral_penalty_usd),
+        settled_jobs=problem.settled_jobs,
+        settled_p_sum=problem.settled_p_sum,
     )
+
+
+def settled_surplus(problem: AssignmentProblem, alpha: np.ndarray | None = None) -> np.ndarray:
+    """(G,) the constant part of each quality row: settled_p_sum - settled_jobs * alpha (0 for
+    groups without a target or without settled jobs), at ``alpha`` (default the problem's)."""
+    alpha = problem.alpha if alpha is None else alpha
+    if problem.settled_jobs is None or problem.settled_p_sum is None:
+        return np.zeros(np.size(alpha))
+    surplus = np.asarray(problem.settled_p_sum, float) - np.asarray(problem.settled_jobs, float) * alpha
+    return np.where(np.isnan(alpha), 0.0, surplus)
 
 
 class SolveStatus(str, enum.Enum):

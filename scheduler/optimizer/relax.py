@@ -3,7 +3,8 @@
 Only two things can make the problem infeasible: a must-assign job (deferral penalty inf) that
 cannot be placed, and a quality row that the must-assign jobs drag below alpha. A job with a
 finite penalty can always be deferred, and a group whose jobs can all be deferred always meets its
-row (an empty schedule has no mean to miss). Capacity and eligibility are physical and never
+row (an empty schedule has no mean to miss, and a group's settled jobs meet its alpha: see
+validate.py). Capacity and eligibility are physical and never
 relaxed. The order, each step recorded as text in the solution's ``relaxations``:
 
  1. A must-assign job with no eligible model is deferred ("no eligible model").
@@ -127,12 +128,15 @@ def _max_surplus_plan(problem: AssignmentProblem) -> np.ndarray:
 
 
 def _group_means(problem: AssignmentProblem, plan: np.ndarray) -> np.ndarray:
-    """(G,) mean p of each group's scheduled jobs, rounded down to 1e-9 so the plan meets a row
-    with that alpha despite floating-point sums (0 for a group with nothing scheduled)."""
+    """(G,) mean p of each group's scheduled and settled jobs, rounded down to 1e-9 so the plan
+    meets a row with that alpha despite floating-point sums (0 for a group with none)."""
     rows = np.flatnonzero(plan >= 0)
     g = problem.group[rows]
-    count = np.bincount(g, minlength=problem.alpha.size)
+    count = np.bincount(g, minlength=problem.alpha.size).astype(float)
     total = np.bincount(g, weights=problem.p_success[rows, plan[rows]], minlength=problem.alpha.size)
+    if problem.settled_jobs is not None and problem.settled_p_sum is not None:
+        count += problem.settled_jobs
+        total += problem.settled_p_sum
     return np.floor(total / np.maximum(count, 1) * 1e9) / 1e9
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scheduler.optimizer.problem import AssignmentProblem
+from scheduler.optimizer.problem import AssignmentProblem, settled_surplus
 
 MAX_POOL = 600             # jobs the trades look at (pool x pool matrices)
 MAX_QUALITY_MOVES = 400    # per group
@@ -64,7 +64,7 @@ class _Plan:
         self.load = np.bincount(self.option, minlength=m + 1)
         rows = np.arange(n)
         self.surplus = np.bincount(self.group, weights=self.gain[rows, self.option],
-                                   minlength=self.has_row.size)
+                                   minlength=self.has_row.size) + settled_surplus(problem)
 
     def slack(self) -> np.ndarray:
         """(G,) quality surplus per group; inf for groups without a row."""

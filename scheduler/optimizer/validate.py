@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from scheduler.errors import InvalidRequest
-from scheduler.optimizer.problem import AssignmentProblem
+from scheduler.optimizer.problem import AssignmentProblem, settled_surplus
 
 
 def validate_problem(problem: AssignmentProblem) -> None:
@@ -45,6 +45,31 @@ def validate_problem(problem: AssignmentProblem) -> None:
     target = alpha[~np.isnan(alpha)]
     if ((target < 0) | (target > 1)).any():
         raise InvalidRequest("alpha must be in [0, 1] or nan (no target)")
+    _validate_settled(problem, num_groups)
     w = np.asarray(problem.deferral_penalty_usd, dtype=float)
     if np.isnan(w).any() or (w < 0).any():
         raise InvalidRequest("deferral_penalty_usd must be >= 0 (inf = never defer)")
+
+
+def _validate_settled(problem: AssignmentProblem, num_groups: int) -> None:
+    """settled_jobs and settled_p_sum come together, (G,) each, counts >= 0, sums in [0, count],
+    and the settled jobs of a group with a target meet its alpha: then deferring every job of a
+    group still meets its row, which relax.py relies on (the policy leaves out a batch whose
+    dispatched jobs fall short, e.g. after its promise margin rose)."""
+    if (problem.settled_jobs is None) != (problem.settled_p_sum is None):
+        raise InvalidRequest("settled_jobs and settled_p_sum must be given together")
+    if problem.settled_jobs is None or problem.settled_p_sum is None:
+        return
+    for name in ("settled_jobs", "settled_p_sum"):
+        if np.shape(getattr(problem, name)) != (num_groups,):
+            raise InvalidRequest(f"{name} must have shape ({num_groups},), got {np.shape(getattr(problem, name))}")
+    count = np.asarray(problem.settled_jobs)
+    if not np.issubdtype(count.dtype, np.integer) or (count < 0).any():
+        raise InvalidRequest("settled_jobs must be integers >= 0")
+    total = np.asarray(problem.settled_p_sum, dtype=float)
+    if not np.isfinite(total).all() or (total < 0).any() or (total > count + 1e-9).any():
+        raise InvalidRequest("settled_p_sum must be finite and in [0, settled_jobs]")
+    surplus = settled_surplus(problem)
+    if (surplus < -1e-9).any():
+        g = int(np.flatnonzero(surplus < -1e-9)[0])
+        raise InvalidRequest(f"group {g}'s settled jobs have mean p below its alpha: leave them out")

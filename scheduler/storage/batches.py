@@ -30,6 +30,11 @@ OUTPUT_PURPOSE = "batch_output"
 FINISH_READ_CHUNK = 1000
 CANCELLED_ERROR = "the batch was cancelled before this request ran"
 EXPIRED_ERROR = "the batch's completion window ended before this request ran"
+# The jobs whose plan's promise stands: dispatched by an earlier tick (queued, running, being
+# reviewed, answered or failed after it ran). A job back from a cascade's review (pending with
+# ``escalate_to``) counts too; a cancelled or expired one does not.
+SETTLED_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.REVIEWING, JobStatus.SUCCEEDED,
+                    JobStatus.FAILED)
 # Files of a finished batch: (output file content, error file content); None when empty.
 RenderFiles = Callable[[Iterable[Job]], tuple[bytes | None, bytes | None]]
 
@@ -238,3 +243,18 @@ def _summaries(session: Session, batches: list[Batch]) -> list[BatchSummary]:
             batch, counts={status: count for status, count, *_ in groups}, cost_usd=sum(g[2] for g in groups),
             input_tokens=sum(g[3] for g in groups), output_tokens=sum(g[4] for g in groups)))
     return summaries
+
+
+def settled_quality(session: Session, batch_ids: set[str]) -> dict[str, tuple[int, float]]:
+    """Per batch: (jobs an earlier tick dispatched, the sum of their predicted quality). The tick
+    counts them in the batch's mean-quality row (optimizer/problem.py), so alpha holds over the
+    whole batch and not only over each tick's share of it."""
+    if not batch_ids:
+        return {}
+    settled = or_(Job.status.in_(SETTLED_STATUSES),
+                  and_(Job.status == JobStatus.PENDING, Job.escalate_to.is_not(None)))
+    rows = session.execute(
+        select(Job.batch_id, func.count(), func.sum(Job.predicted_quality))
+        .where(Job.batch_id.in_(sorted(batch_ids)), Job.predicted_quality.is_not(None), settled)
+        .group_by(Job.batch_id)).all()
+    return {str(batch_id): (int(count), float(total or 0.0)) for batch_id, count, total in rows}

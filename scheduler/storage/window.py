@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from scheduler.fleet import Fleet
 from scheduler.plan import Deferral, Dispatch, Escalation, ModelState, Plan, WindowJob
+from scheduler.storage.batches import settled_quality
 from scheduler.storage.database import Database, rows_affected
 from scheduler.storage.leader import LeaderTerm, confirm_term
 from scheduler.storage.tables import (
@@ -183,11 +184,12 @@ class ClaimedWindow:
         caps = _tenant_caps(self.session, {row.owner for row in rows})
         tenant_spent = committed_spend(self.session, Job.owner, set(caps))
         models_run = _models_run(self.session, [row.id for row in rows if row.escalate_to is not None])
+        settled = settled_quality(self.session, {row.batch_id for row in rows if row.alpha is not None})
         return [_window_job(
             row, None if row.batch_cap is None else row.batch_cap - batch_spent.get(row.batch_id, 0.0),
             tenants.get(row.owner, DEFAULT_TENANT_WEIGHT),
             None if row.owner not in caps else caps[row.owner] - tenant_spent.get(row.owner, 0.0),
-            models_run.get(row.id, ()))
+            models_run.get(row.id, ()), settled.get(row.batch_id, (0, 0.0)))
             for row in rows]
 
     def _locked(self, query: Select[Any]) -> list[Row[Any]]:
@@ -455,7 +457,8 @@ def _models_run(session: Session, job_ids: list[str]) -> dict[str, tuple[str, ..
 
 
 def _window_job(row: Row[Any], budget_left_usd: float | None, tenant_weight: float,
-                tenant_budget_left_usd: float | None, models_run: tuple[str, ...] = ()) -> WindowJob:
+                tenant_budget_left_usd: float | None, models_run: tuple[str, ...] = (),
+                batch_settled: tuple[int, float] = (0, 0.0)) -> WindowJob:
     return WindowJob(
         id=row.id, batch_id=row.batch_id, prompt_text=prompt_text(row.prompt, row.messages), max_tokens=row.max_tokens,
         min_quality=row.min_quality, deadline_at=row.deadline_at,
@@ -466,4 +469,5 @@ def _window_job(row: Row[Any], budget_left_usd: float | None, tenant_weight: flo
         tenant=row.owner, tenant_weight=tenant_weight, tenant_budget_left_usd=tenant_budget_left_usd,
         cascade_allowed=row.cascade_allowed is not False, escalate_to=row.escalate_to,
         cascade_rest=cascade_steps(row.cascade) if row.escalate_to is not None else (), models_run=models_run,
+        batch_settled_jobs=batch_settled[0], batch_settled_p_sum=batch_settled[1],
     )

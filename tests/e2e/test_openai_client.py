@@ -47,14 +47,13 @@ def test_the_openai_client_runs_a_batch_and_a_chat_completion(pg_db: Database, r
                  chat_line("sum", "What is 2 + 2?", switchyard={"min_quality": 0.3})]
         uploaded = client.files.create(file=("questions.jsonl", io.BytesIO("\n".join(lines).encode())),
                                        purpose="batch")
-        # The batch's quality target, through OpenAI's metadata. It is the lower fleet prior, so any
-        # subset of the batch meets it. A target between the priors (0.38, as here before) let the
-        # first tick defer the SmolLM2-pinned job to lift the batch's mean whenever that was
-        # cheaper than sending the rest to Gemma (it depends on the jobs' age at the tick), and a
-        # job so deferred then waits alone for quality headroom it cannot get (README, "Known
-        # limit" under "How a tick decides").
+        # The batch's quality target, through OpenAI's metadata: between the fleet priors (SmolLM2
+        # 0.35, Gemma 0.40). The first tick may hold the SmolLM2-pinned job back to lift the
+        # batch's mean (whether it does depends on the jobs' age at the tick); it must then run
+        # in a later tick on its batch-mates' surplus. Before the tick counted a batch's
+        # dispatched jobs in its quality row, such a job waited alone until max_pending_s.
         batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                      completion_window="24h", metadata={"switchyard_alpha": "0.35"})
+                                      completion_window="24h", metadata={"switchyard_alpha": "0.38"})
         assert batch.status == "in_progress"
         deadline = time.monotonic() + 300
         while batch.status not in FINAL:

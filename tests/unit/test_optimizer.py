@@ -149,6 +149,11 @@ GOOD = _problem([[1, 3], [1, 4]], np.full((2, 2), 0.9), [2, 3], alpha=[0.5])
         {"deferral_penalty_usd": np.array([1.0, -1.0])},
         {"deferral_penalty_usd": np.array([1.0, np.nan])},
         {"deferral_penalty_usd": np.ones(3)},
+        {"settled_jobs": np.array([2])},                                       # without its sum
+        {"settled_jobs": np.array([2, 1]), "settled_p_sum": np.array([1.0, 1.0])},
+        {"settled_jobs": np.array([-1]), "settled_p_sum": np.array([0.0])},
+        {"settled_jobs": np.array([1]), "settled_p_sum": np.array([1.5])},    # a mean above 1
+        {"alpha": np.array([0.6]), "settled_jobs": np.array([2]), "settled_p_sum": np.array([1.0])},
     ],
 )
 def test_validate_rejects_malformed_problems(change):
@@ -169,3 +174,18 @@ def test_scarce_slots_go_to_the_jobs_that_waited_longest(method):
     sol = solve(prob, method)
     assert sol.model_index.tolist() == [-1, 1, -1, 0, -1]
     assert sol.objective_usd == pytest.approx(31.0 + 12.0 + 3.0 + 1e-6 + 2e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_groups_settled_jobs_count_in_its_mean(method):
+    # One job, p 0.3 on the only model, alpha 0.5: alone it breaks the row and is deferred; with
+    # two settled jobs of p 0.7 the group's mean is (1.4 + 0.3) / 3 = 0.567 and it runs; with one
+    # it would be (0.7 + 0.3) / 2 = 0.5, exactly alpha, and it runs too.
+    alone = _problem([[1.0]], [[0.3]], [1], alpha=(0.5,))
+    assert solve(alone, method).model_index.tolist() == [-1]
+    for count, total in ((2, 1.4), (1, 0.7)):
+        lifted = replace(alone, settled_jobs=np.array([count]), settled_p_sum=np.array([total]))
+        sol = solve(lifted, method)
+        assert sol.model_index.tolist() == [0] and sol.status is SolveStatus.OPTIMAL
+    short = replace(alone, settled_jobs=np.array([1]), settled_p_sum=np.array([0.6]))
+    assert solve(short, method).model_index.tolist() == [-1]      # (0.6 + 0.3) / 2 < 0.5

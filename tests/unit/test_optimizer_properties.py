@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from scheduler.optimizer import AssignmentProblem, SolveStatus, fast, lp_core, prices, repair, solve
 from scheduler.optimizer.highs_model import cost_scale, quality_coeff, solve_subset
 from scheduler.optimizer.plan_check import FEASIBILITY_TOL, objective_usd, violations
+from scheduler.optimizer.problem import settled_surplus
 from scheduler.optimizer.relax import relax
 from scheduler.optimizer.synthetic import scarce_problem, synthetic_problem
 
@@ -35,14 +36,24 @@ def windows(draw, max_jobs: int, max_models: int, max_groups: int = 3, min_jobs:
     alpha = np.where(rng.random(num_groups) < 0.25, np.nan, rng.uniform(0.2, 0.9, num_groups))
     penalty = rng.uniform(0.05, 2.0, n).round(3)
     penalty[rng.random(n) < must_fraction] = np.inf
+    alpha = alpha.round(2)
+    settled_jobs = settled_p_sum = None
+    if draw(st.booleans()):
+        # Jobs of the groups that earlier ticks dispatched, at a mean at or above alpha.
+        settled_jobs = rng.integers(0, 4, num_groups)
+        mean = np.minimum(np.nan_to_num(alpha, nan=0.0) + rng.uniform(0.0, 0.2, num_groups), 1.0)
+        settled_p_sum = (settled_jobs * mean).round(3)
+        settled_p_sum = np.maximum(settled_p_sum, np.ceil(settled_jobs * np.nan_to_num(alpha) * 1e3) / 1e3)
     return AssignmentProblem(
         cost_usd=rng.uniform(0.01, 1.0, (n, m)).round(3),
         p_success=rng.uniform(0.0, 1.0, (n, m)).round(3),
         capacity=capacity.astype(np.int64),
         eligible=rng.random((n, m)) < eligible_fraction,
         group=rng.integers(0, num_groups, n),
-        alpha=alpha.round(2),
+        alpha=alpha,
         deferral_penalty_usd=penalty,
+        settled_jobs=settled_jobs,
+        settled_p_sum=settled_p_sum,
     )
 
 
@@ -89,14 +100,17 @@ def _brute_force(problem: AssignmentProblem) -> tuple[float, float | None]:
     for j in range(m):
         ok &= (plans == j).sum(axis=1) <= problem.capacity[j]
     p = np.where(on, problem.p_success[rows, k], 0.0)
+    settled_count = 0 if problem.settled_jobs is None else problem.settled_jobs[0]
+    settled_sum = 0.0 if problem.settled_p_sum is None else problem.settled_p_sum[0]
     best_mean = None
     if ok.any() and problem.alpha.size == 1:
-        count = on.sum(axis=1)
+        count = on.sum(axis=1) + settled_count
         with np.errstate(invalid="ignore", divide="ignore"):
-            best_mean = float(np.where(ok & (count > 0), p.sum(axis=1) / count, -1).max())
+            best_mean = float(np.where(ok & (count > 0), (p.sum(axis=1) + settled_sum) / count, -1).max())
+    settled = settled_surplus(problem)
     for g in np.flatnonzero(~np.isnan(problem.alpha)):
         in_g = problem.group == g
-        ok &= ((p - problem.alpha[g]) * (on & in_g)).sum(axis=1) >= -FEASIBILITY_TOL
+        ok &= ((p - problem.alpha[g]) * (on & in_g)).sum(axis=1) + settled[g] >= -FEASIBILITY_TOL
     cost = np.where(on, problem.cost_usd[rows, k], problem.deferral_penalty_usd)
     return float(np.where(ok, cost.sum(axis=1), np.inf).min()), best_mean
 
