@@ -5,6 +5,7 @@
     python benchmarks/bench_optimizer.py --sizes 1000x8 10000x8 --cbc-time-limit 60
     python benchmarks/bench_optimizer.py --sizes 10000x8 --methods      # fast alone
     python benchmarks/bench_optimizer.py --scarce-only --baseline-ref HEAD   # scarce, old vs new
+    python benchmarks/bench_optimizer.py --scarce-only --cascades --scarce-sizes 10000x4x128
 
 Ample capacity (the first table). Instances come from scheduler.optimizer.synthetic: costs spanning
 two orders of magnitude, success rising with cost, cheap models' capacity below the window, alpha
@@ -27,7 +28,9 @@ optimum, which can sit hundreds of USD below the integer optimum when a quality 
 fraction of a job worth a thousand USD of penalty); "vs exact" is the same plan against exact
 HiGHS (--scarce-exact-max-jobs and below). --baseline-ref REF adds rows for the optimizer as
 committed at REF (its scheduler package from ``git archive``) on the same instances, in the same
-run: the way to compare before and after on a noisy machine.
+run: the way to compare before and after on a noisy machine. --cascades adds to each scarce
+window a cascade column per pair of its models (synthetic.with_cascade_columns: M (M - 1) / 2 more
+columns), each sharing its first model's capacity row, as the policy plans them.
 """
 from __future__ import annotations
 
@@ -166,9 +169,11 @@ def _baseline_row(problem: AssignmentProblem, n: int, m: int, best: float, bound
 
 
 def _save(problem: AssignmentProblem, path: Path) -> None:
+    optional = {name: getattr(problem, name) for name in ("settled_jobs", "settled_p_sum", "capacity_row")
+                if getattr(problem, name, None) is not None}
     np.savez(path, cost_usd=problem.cost_usd, p_success=problem.p_success,
              capacity=problem.capacity, eligible=problem.eligible, group=problem.group,
-             alpha=problem.alpha, deferral_penalty_usd=problem.deferral_penalty_usd)
+             alpha=problem.alpha, deferral_penalty_usd=problem.deferral_penalty_usd, **optional)
 
 
 def _load(path: Path) -> AssignmentProblem:
@@ -263,16 +268,19 @@ def _baseline_tree(ref: str, directory: Path) -> Path:
 
 
 def bench_scarce(spec: str, args: argparse.Namespace, baseline: Path | None) -> list[str]:
-    from scheduler.optimizer.synthetic import scarce_problem
+    from scheduler.optimizer.synthetic import scarce_problem, with_cascade_columns
 
     n, m, slots = (int(x) for x in spec.lower().split("x"))
     problem = scarce_problem(n, m, slots, seed=args.seed)
+    if args.cascades:
+        problem = with_cascade_columns(problem, seed=args.seed)
+        m = problem.num_models
     runs: list[tuple[str, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "window.npz"
         _save(problem, path)
         runs.append(("fast", _in_worker(path, "fast", args.fast_time_limit, args.repeat_fast, None)))
-        if baseline is not None:
+        if baseline is not None and not args.cascades:   # an older optimizer may lack capacity_row
             runs.append((f"fast@{args.baseline_ref}", _in_worker(
                 path, "fast", args.fast_time_limit, args.repeat_baseline, baseline)))
         if n <= args.scarce_exact_max_jobs:
@@ -320,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scarce-sizes", nargs="+", default=SCARCE_SIZES,
                         help="NxMxSLOTS triples for the scarce table, e.g. 10000x8x128")
     parser.add_argument("--no-scarce", action="store_true", help="only the ample table")
+    parser.add_argument("--cascades", action="store_true",
+                        help="scarce windows with cascade columns sharing their first model's slots")
     parser.add_argument("--scarce-only", action="store_true", help="only the scarce table")
     parser.add_argument("--scarce-exact-max-jobs", type=int, default=2000,
                         help="compare scarce windows with exact HiGHS up to this many jobs")

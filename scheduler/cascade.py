@@ -23,10 +23,9 @@ and learns per strategy E[final score | job] and P(step j runs | job) as small l
 regressions on the logits of the job's ex-ante p of the strategy's models. Nothing here reads a
 test outcome.
 
-Limits (docs/replay.md): a strategy occupies only its first model's capacity in this tick (the
-escalations compete in later ones), so the policy offers cascade columns only where the first
-model's free capacity covers the whole window, which keeps the optimizer's
-one-capacity-row-per-column contract exact.
+Capacity: a strategy occupies only its first model's slot in this tick (the escalations compete
+in later ones), so its column shares that model's capacity row with the model's direct column
+(optimizer/problem.py ``capacity_row``): in a scarce tick cascades compete for the same slots.
 """
 from __future__ import annotations
 

@@ -22,9 +22,10 @@ class OptimizerColumns:
 
     cost_usd: np.ndarray       # (N, M + S) expected cost
     p_success: np.ndarray      # (N, M + S) expected quality
-    capacity: np.ndarray       # (M + S,)
+    capacity: np.ndarray       # (M,) free slots per fleet model: the optimizer's capacity rows
     eligible: np.ndarray       # (N, M + S)
     escalate_p: np.ndarray | None = None   # (N, S) the chance a cascade column's second model runs
+    capacity_row: np.ndarray | None = None  # (M + S,) the model whose slot each column takes; None: its own
 
     @property
     def num_cascades(self) -> int:
@@ -36,13 +37,12 @@ def with_cascades(columns: OptimizerColumns, cascade: CascadeModel, jobs: Sequen
     """``columns`` plus one column per cascade strategy (scheduler/cascade.py): expected cost (each
     of its models' cost times the chance it runs), expected final quality. A strategy is offered to
     a job only where each of its models is eligible for it on its own, all of them together fit its
-    cost caps, it has no deadline (escalations run in later ticks) and it is not exploring; and only
-    when its first model's free capacity covers the whole window, because a column has one
-    capacity row: the first model's slot now (an escalation competes for capacity when it comes
+    cost caps, it has no deadline (escalations run in later ticks) and it is not exploring. A
+    strategy takes a slot of its first model now, the slot that model's direct column takes, so
+    the two share that model's capacity row (an escalation competes for capacity when it comes
     back)."""
     if len(cascade.model_names) != est.cost_usd.shape[1] or not cascade.strategies:
         return columns
-    n = est.cost_usd.shape[0]
     quality, runs = cascade.estimate(est.p_success)
     models = [list(strategy.models) for strategy in cascade.strategies]
     cost = np.column_stack([(run * est.cost_usd[:, ms]).sum(axis=1) for run, ms in zip(runs, models, strict=True)])
@@ -54,12 +54,11 @@ def with_cascades(columns: OptimizerColumns, cascade: CascadeModel, jobs: Sequen
                         (job.max_cost_usd, job.batch_budget_left_usd, job.tenant_budget_left_usd)) for job in jobs])
     plain = np.array([job.deadline_at is None and job.cascade_allowed and job.escalate_to is None
                       for job in jobs]) & (pinned == NOT_PINNED)
-    eligible = (all_eligible & plain[:, None] & (quality >= floor[:, None]) & (worst_cost <= cap[:, None])
-                & (columns.capacity[first] >= n)[None, :])
+    eligible = all_eligible & plain[:, None] & (quality >= floor[:, None]) & (worst_cost <= cap[:, None])
     escalate = np.column_stack([run[:, 1] for run in runs])
     return OptimizerColumns(np.hstack([columns.cost_usd, cost]), np.hstack([columns.p_success, np.clip(quality, 0.0, 1.0)]),
-                    np.concatenate([columns.capacity, np.full(len(first), n, dtype=columns.capacity.dtype)]),
-                    np.hstack([columns.eligible, eligible]), escalate)
+                            columns.capacity, np.hstack([columns.eligible, eligible]), escalate,
+                            capacity_row=np.concatenate([np.arange(columns.capacity.size), first]))
 
 
 def cascade_assignment(job: WindowJob, i: int, s: int, columns: OptimizerColumns, cascade: CascadeModel | None,

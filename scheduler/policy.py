@@ -137,6 +137,7 @@ class OptimizingPolicy:
             columns = with_cascades(columns, self.cascade, live, est, pinned)
         problem = AssignmentProblem(
             cost_usd=columns.cost_usd, p_success=columns.p_success, capacity=columns.capacity,
+            capacity_row=columns.capacity_row,
             eligible=columns.eligible, group=group, alpha=alpha, deferral_penalty_usd=penalty,
             settled_jobs=settled_jobs, settled_p_sum=settled_p_sum)
         method = self.method
@@ -347,8 +348,7 @@ def _held_for_quality(problem: AssignmentProblem, model_index: np.ndarray) -> np
     """(N,) deferred jobs of a batch with a target for which some allowed option still has room in
     the plan: a deferral costs dollars and a run micro-dollars, so what held such a job back is
     its batch's quality row, not capacity."""
-    load = np.bincount(model_index[model_index >= 0], minlength=problem.num_models)
-    room = problem.eligible & (load < problem.capacity)[None, :]
+    room = problem.eligible & problem.column_room(problem.load(model_index))[None, :]
     has_target = ~np.isnan(problem.alpha[problem.group])
     return (model_index < 0) & has_target & room.any(axis=1)
 

@@ -60,11 +60,13 @@ def _build(problem: AssignmentProblem, scale: float
             row.append((d[i], 1.0))
         prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(row), pulp.LpConstraintEQ,
                                              rhs=1.0), name=f"job_{i}")
-    by_model = np.argsort(mj, kind="stable")
-    for j, cols in enumerate(np.split(by_model, np.searchsorted(mj[by_model], np.arange(1, problem.num_models)))):
+    rj = problem.rows[mj]
+    by_row = np.argsort(rj, kind="stable")
+    num_cap = problem.num_capacity_rows
+    for r, cols in enumerate(np.split(by_row, np.searchsorted(rj[by_row], np.arange(1, num_cap)))):
         expr = pulp.LpAffineExpression([(x[k], 1.0) for k in cols.tolist()])
         prob.addConstraint(pulp.LpConstraint(expr, pulp.LpConstraintLE,
-                                             rhs=float(problem.capacity[j])), name=f"cap_{j}")
+                                             rhs=float(problem.capacity[r])), name=f"cap_{r}")
     a = coeff[ji, mj]
     gi = problem.group[ji]
     settled = settled_surplus(problem)

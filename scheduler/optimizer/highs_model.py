@@ -31,7 +31,7 @@ class HighsResult:
     columns: Columns
     objective: float         # scaled back to USD, fixed jobs not included
     bound: float             # LP value or MIP dual bound, scaled back, fixed jobs not included
-    mu: np.ndarray           # (M,) capacity prices >= 0, USD
+    mu: np.ndarray           # (R,) capacity row prices >= 0, USD
     lam: np.ndarray          # (G,) quality prices >= 0, USD (0 for groups without a row)
     slack: float             # total elastic slack at the solution (0 without elastic rows)
 
@@ -65,7 +65,7 @@ def solve_subset(
 ) -> HighsResult:
     """Solve for the jobs in ``free`` with every other job held at ``choice`` (-1 = deferred);
     ``start`` (N,) is a feasible plan handed to the MIP as its first incumbent."""
-    n, m = problem.num_jobs, problem.num_models
+    n, num_cap = problem.num_jobs, problem.num_capacity_rows
     cap = problem.capacity.astype(float)
     rows_q = np.flatnonzero(~np.isnan(problem.alpha))
     num_g = problem.alpha.size
@@ -75,7 +75,7 @@ def solve_subset(
     is_free = np.zeros(n, dtype=bool)
     is_free[free] = True
     fixed_on = (~is_free) & (choice >= 0)
-    used = np.bincount(choice[fixed_on], minlength=m).astype(float)
+    used = problem.load(np.where(fixed_on, choice, -1)).astype(float)
     q_fixed = settled_surplus(problem)
     np.add.at(q_fixed, problem.group[fixed_on], coeff[np.flatnonzero(fixed_on), choice[fixed_on]])
 
@@ -89,22 +89,22 @@ def solve_subset(
     # Row order: one assignment row per free job, then capacity rows, then quality rows.
     qrow = q_pos[problem.group[gi]]
     has_q = qrow >= 0
-    r = [local[gi], f + fj, (f + m + qrow)[has_q], local[defer]]
+    r = [local[gi], f + problem.rows[fj], (f + num_cap + qrow)[has_q], local[defer]]
     c = [np.arange(k_x), np.arange(k_x), np.flatnonzero(has_q), k_x + np.arange(k_d)]
     v = [np.ones(k_x), np.ones(k_x), coeff[gi, fj][has_q], np.ones(k_d)]
     costs = [problem.cost_usd[gi, fj] / scale, problem.deferral_penalty_usd[defer] / scale]
     col_upper = [np.ones(k_x + k_d)]
     num_slack = 0
     if elastic_penalty is not None:
-        num_slack = m + nq
+        num_slack = num_cap + nq
         k0 = k_x + k_d
-        r += [f + np.arange(m), f + m + np.arange(nq)]
-        c += [k0 + np.arange(m), k0 + m + np.arange(nq)]
-        v += [-np.ones(m), np.ones(nq)]
+        r += [f + np.arange(num_cap), f + num_cap + np.arange(nq)]
+        c += [k0 + np.arange(num_cap), k0 + num_cap + np.arange(nq)]
+        v += [-np.ones(num_cap), np.ones(nq)]
         costs.append(np.full(num_slack, elastic_penalty / scale))
         col_upper.append(np.full(num_slack, np.inf))
     num_col = k_x + k_d + num_slack
-    num_row = f + m + nq
+    num_row = f + num_cap + nq
     a = sp.csc_matrix(
         (np.concatenate(v), (np.concatenate(r), np.concatenate(c))), shape=(num_row, num_col)
     )
@@ -113,7 +113,7 @@ def solve_subset(
     lp.col_cost_ = np.concatenate(costs)
     lp.col_lower_ = np.zeros(num_col)
     lp.col_upper_ = np.concatenate(col_upper)
-    lp.row_lower_ = np.concatenate([np.ones(f), np.full(m, -highspy.kHighsInf), -q_fixed[rows_q]])
+    lp.row_lower_ = np.concatenate([np.ones(f), np.full(num_cap, -highspy.kHighsInf), -q_fixed[rows_q]])
     lp.row_upper_ = np.concatenate([np.ones(f), cap - used, np.full(nq, highspy.kHighsInf)])
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
     lp.a_matrix_.start_ = a.indptr
@@ -154,15 +154,15 @@ def solve_subset(
     proven = status == highspy.HighsModelStatus.kOptimal
     empty = np.zeros(0)
     if not ok:
-        return HighsResult(False, False, empty, columns, np.inf, -np.inf, np.zeros(m), np.zeros(num_g), 0.0)
+        return HighsResult(False, False, empty, columns, np.inf, -np.inf, np.zeros(num_cap), np.zeros(num_g), 0.0)
     sol = h.getSolution()
     x_all = np.asarray(sol.col_value)
-    mu = np.zeros(m)
+    mu = np.zeros(num_cap)
     lam = np.zeros(num_g)
     if not integer:
         duals = np.asarray(sol.row_dual)
-        mu = np.maximum(0.0, -duals[f:f + m]) * scale
-        lam[rows_q] = np.maximum(0.0, duals[f + m:]) * scale
+        mu = np.maximum(0.0, -duals[f:f + num_cap]) * scale
+        lam[rows_q] = np.maximum(0.0, duals[f + num_cap:]) * scale
     slack = float(x_all[k_x + k_d:].sum()) if num_slack else 0.0
     objective = float(lp.col_cost_[: k_x + k_d] @ x_all[: k_x + k_d]) * scale
     if integer:

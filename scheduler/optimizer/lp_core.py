@@ -61,8 +61,9 @@ class LpCore:
 def reduced_costs(
     problem: AssignmentProblem, coeff: np.ndarray, mu: np.ndarray, lam: np.ndarray
 ) -> np.ndarray:
-    """(N, M+1): reduced cost of each model, then of deferral; inf where not allowed."""
-    r = problem.cost_usd + mu[None, :] - lam[problem.group][:, None] * coeff
+    """(N, M+1): reduced cost of each model, then of deferral; inf where not allowed. ``mu`` (R,)
+    prices the capacity rows; a column pays its row's price."""
+    r = problem.cost_usd + mu[problem.rows][None, :] - lam[problem.group][:, None] * coeff
     r = np.where(problem.eligible, r, np.inf)
     return np.concatenate([r, problem.deferral_penalty_usd[:, None]], axis=1)
 
@@ -139,7 +140,7 @@ def solve_lp(
     if not open_jobs.size:
         nothing = np.zeros(0, dtype=np.int64)
         empty = HighsResult(True, True, np.zeros(0), Columns(nothing, nothing), 0.0, 0.0,
-                            np.zeros(problem.num_models), np.zeros(problem.alpha.size), 0.0)
+                            np.zeros(problem.num_capacity_rows), np.zeros(problem.alpha.size), 0.0)
         return LpCore(np.full(problem.num_jobs, -1), open_jobs, empty, closed_cost, closed_cost,
                       0.0, 0, short)
     inner = _solve_open(subproblem(problem, open_jobs), coeff[open_jobs], scale, short)
@@ -174,7 +175,7 @@ def _solve_open(problem: AssignmentProblem, coeff: np.ndarray, scale: float, sho
                       min(dual_value(problem, r, cap, res.mu, res.lam), res.objective), res.slack, 1, short)
 
     y = smooth_prices(problem, coeff, scale, cap, short=short)
-    mu, lam = y[:m], y[m:]
+    mu, lam = y[:cap.size], y[cap.size:]
 
     r = reduced_costs(problem, coeff, mu, lam)
     bound = dual_value(problem, r, cap, mu, lam)

@@ -41,9 +41,9 @@ def violations(problem: AssignmentProblem, model_index: np.ndarray,
     bad = rows[~problem.eligible[rows, model_index[rows]]]
     if bad.size:
         out.append(f"{bad.size} job(s) on a model they are not eligible for, e.g. job {bad[0]}")
-    load = np.bincount(model_index[rows], minlength=m)
-    for j in np.flatnonzero(load > problem.capacity):
-        out.append(f"model {j} has {load[j]} jobs, capacity {problem.capacity[j]}")
+    load = problem.load(model_index)
+    for r in np.flatnonzero(load > problem.capacity):
+        out.append(f"capacity row {r} has {load[r]} jobs, capacity {problem.capacity[r]}")
     must = np.flatnonzero((model_index < 0) & ~np.isfinite(problem.deferral_penalty_usd))
     if must.size:
         out.append(f"{must.size} must-assign job(s) deferred, e.g. job {must[0]}")

@@ -54,8 +54,12 @@ class SmoothDual:
 
     def __init__(self, problem: AssignmentProblem, coeff: np.ndarray, scale: float,
                  capacity: np.ndarray, quality_offset: np.ndarray, rows: np.ndarray) -> None:
-        self.m = problem.num_models
+        self.m = problem.num_capacity_rows   # prices y = (mu per capacity row, lambda per group)
         self.num_groups = problem.alpha.size
+        # (M, R) which capacity row each column draws on: column sums become row sums through it.
+        self.to_rows = np.zeros((problem.num_models, self.m))
+        self.to_rows[np.arange(problem.num_models), problem.rows] = 1.0
+        self.column_row = problem.rows
         elig = problem.eligible[rows]
         # Deferral is column M: its cost is the penalty, it has no price and no quality term.
         self.cost = np.concatenate(
@@ -76,7 +80,7 @@ class SmoothDual:
         m, g = self.m, self.num_groups
         mu, lam = y[:m], y[m:]
         # In-place on two N x (M+1) buffers: at 10k x 8 this runs ~15 times per solve.
-        r = self.cost + np.append(mu, 0.0)
+        r = self.cost + np.append(mu[self.column_row], 0.0)
         buf = np.multiply(self.coeff, lam[self.group][:, None])
         r -= buf
         low = r.min(axis=1)
@@ -91,16 +95,16 @@ class SmoothDual:
         pi = np.divide(e, total[:, None], out=e)
         pa = np.multiply(pi, self.coeff, out=buf)
         abar = pa.sum(axis=1)
-        counts = pi[:, :m].sum(axis=0)
+        p_models = pi[:, :-1] @ self.to_rows          # (N, R) each job's soft weight per row
+        counts = p_models.sum(axis=0)
         grad = np.concatenate([counts - self.capacity,
                                -np.bincount(self.group, weights=abar, minlength=g)
                                - self.quality_offset])
         cov = np.empty((m + g, m + g))
-        p_models = np.ascontiguousarray(pi[:, :m])
         cov[:m, :m] = np.diag(counts) - p_models.T @ p_models
         second = np.einsum("ij,ij->i", pa, self.coeff)
         pa -= pi * abar[:, None]
-        cross = -(pa[:, :m].T @ self.onehot)
+        cross = -((pa[:, :-1] @ self.to_rows).T @ self.onehot)
         cov[:m, m:] = cross
         cov[m:, :m] = cross.T
         cov[m:, m:] = np.diag(np.bincount(self.group, weights=second - abar**2, minlength=g))
@@ -167,7 +171,7 @@ def smooth_prices(
     stakes = _short_of_capacity(problem, capacity) if short is not False else None
     if stakes is not None:
         return _short_prices(problem, coeff, scale, capacity, stakes)
-    n, m, g = problem.num_jobs, problem.num_models, problem.alpha.size
+    n, m, g = problem.num_jobs, problem.num_capacity_rows, problem.alpha.size
     y = np.zeros(m + g)
     rows = np.arange(n)
     if n > SAMPLE_JOBS:
@@ -211,8 +215,8 @@ def smooth_prices(
 def _reduced(problem: AssignmentProblem, coeff: np.ndarray, scale: float, y: np.ndarray
              ) -> np.ndarray:
     """(N, M+1) reduced costs in units of ``scale`` at prices y (same units), deferral last."""
-    m = problem.num_models
-    r = np.where(problem.eligible, problem.cost_usd / scale + y[:m]
+    m = problem.num_capacity_rows
+    r = np.where(problem.eligible, problem.cost_usd / scale + y[:m][problem.rows]
                  - y[m:][problem.group][:, None] * coeff, np.inf)
     return np.concatenate([r, problem.deferral_penalty_usd[:, None] / scale], axis=1)
 
@@ -224,7 +228,7 @@ def _misfit(problem: AssignmentProblem, coeff: np.ndarray, scale: float, capacit
     m = problem.num_models
     best = _reduced(problem, coeff, scale, y).argmin(axis=1)
     on = best < m
-    over = np.maximum(np.bincount(best[on], minlength=m) - capacity, 0.0).sum()
+    over = np.maximum(problem.load(np.where(on, best, -1)) - capacity, 0.0).sum()
     has_row = ~np.isnan(problem.alpha)
     if not has_row.any():
         return float(over)
@@ -286,7 +290,9 @@ def _refit(problem: AssignmentProblem, coeff: np.ndarray, scale: float, capacity
             break
         live |= prev_live
         sat = np.flatnonzero(~live & (best < m))
-        counts = np.bincount(best[sat], minlength=m).astype(float)
+        saturated_plan = np.full(n, -1)
+        saturated_plan[sat] = best[sat]
+        counts = problem.load(saturated_plan).astype(float)
         offset = np.bincount(problem.group[sat], weights=coeff[sat, best[sat]], minlength=g) + settled
         fine = SmoothDual(problem, coeff, scale, capacity - counts, offset, np.flatnonzero(live))
         moved = _checked(whole, y, _newton(fine, y, tau, 1e-6), tau)
@@ -336,7 +342,7 @@ def capacity_short(problem: AssignmentProblem, capacity: np.ndarray) -> bool:
 def _short_prices(problem: AssignmentProblem, coeff: np.ndarray, scale: float,
                   capacity: np.ndarray, stake: np.ndarray) -> np.ndarray:
     """Prices when more jobs want a model than there are slots (see the module doc)."""
-    n, m = problem.num_jobs, problem.num_models
+    n, m = problem.num_jobs, problem.num_capacity_rows
     slots = int(capacity.sum())
     if slots == 0:
         # No model takes anything: any price above every stake says so.
@@ -349,6 +355,6 @@ def _short_prices(problem: AssignmentProblem, coeff: np.ndarray, scale: float,
     y = smooth_prices(placing, coeff[rows], scale, capacity)
     mu, lam = y[:m], y[m:]
     # Re-centre the level at these model and quality prices, over every job.
-    offer = problem.cost_usd + mu - lam[problem.group][:, None] * coeff
+    offer = problem.cost_usd + mu[problem.rows] - lam[problem.group][:, None] * coeff
     shift = _level(_stakes(problem, offer), slots)
     return np.concatenate([mu + shift, lam])

@@ -1,12 +1,14 @@
 """The assignment problem of one scheduling window, as plain arrays, and its solution.
 
 This is the contract between the tick (which builds the arrays from live data) and the solvers
-(which are pure: arrays in, a solution out; no database, no clock). Shapes: N jobs, M models,
-G quality groups.
+(which are pure: arrays in, a solution out; no database, no clock). Shapes: N jobs, M models
+(columns: a fleet model, or a cascade strategy, see scheduler/cascade_columns.py), R capacity
+rows, G quality groups.
 
     minimise   sum_ij cost_usd[i,j] x_ij + sum_i deferral_penalty_usd[i] d_i
     subject to sum_j x_ij + d_i = 1                                  every job i
-               sum_i x_ij <= capacity[j]                             every model j
+               sum_i sum_{j: capacity_row[j] = r} x_ij <= capacity[r]
+                                                                     every capacity row r
                sum_{i in g} sum_j (p_success[i,j] - alpha[g]) x_ij
                    + settled_p_sum[g] - settled_jobs[g] alpha[g] >= 0
                                                                      every group g with alpha
@@ -19,6 +21,10 @@ tick already dispatched (a batch is planned over many ticks), which enter only a
 Without them a job deferred to lift one tick's mean would, once its batch-mates had run, face a
 row of its own that it can never meet. A job with deferral_penalty_usd = inf must be assigned
 whenever it can be.
+
+Without ``capacity_row`` every model has its own capacity row (R = M). With it, several columns
+may draw on one row: a cascade strategy takes a slot of its first model now, the same slot the
+model's direct column takes, so scarce capacity is shared between them rather than offered twice.
 """
 from __future__ import annotations
 
@@ -32,13 +38,14 @@ import numpy as np
 class AssignmentProblem:
     cost_usd: np.ndarray              # (N, M) float: predicted cost of job i on model j
     p_success: np.ndarray             # (N, M) float in [0, 1]: predicted chance of a good answer
-    capacity: np.ndarray              # (M,) int >= 0: jobs model j can still take in this window
+    capacity: np.ndarray              # (R,) int >= 0: jobs capacity row r can still take in this window
     eligible: np.ndarray              # (N, M) bool: False where floor, deadline, allow-list or budget exclude j
     group: np.ndarray                 # (N,) int in [0, G): the quality group of each job
     alpha: np.ndarray                 # (G,) float: mean-quality target per group; nan = no target
     deferral_penalty_usd: np.ndarray  # (N,) float >= 0: cost of leaving job i for a later tick; inf = never
     settled_jobs: np.ndarray | None = None   # (G,) int >= 0: the group's jobs earlier ticks dispatched; None = 0
     settled_p_sum: np.ndarray | None = None  # (G,) float >= 0: the sum of their predicted success; None = 0
+    capacity_row: np.ndarray | None = None   # (M,) int in [0, R): the row each column draws on; None = its own
 
     @property
     def num_jobs(self) -> int:
@@ -47,6 +54,24 @@ class AssignmentProblem:
     @property
     def num_models(self) -> int:
         return int(self.cost_usd.shape[1])
+
+    @property
+    def num_capacity_rows(self) -> int:
+        return int(np.size(self.capacity))
+
+    @property
+    def rows(self) -> np.ndarray:
+        """(M,) the capacity row of each column."""
+        return np.arange(self.num_models) if self.capacity_row is None else np.asarray(self.capacity_row)
+
+    def load(self, model_index: np.ndarray) -> np.ndarray:
+        """(R,) the jobs a plan (model per job, -1 deferred) puts on each capacity row."""
+        on = model_index[model_index >= 0]
+        return np.bincount(self.rows[on], minlength=self.num_capacity_rows)
+
+    def column_room(self, load: np.ndarray) -> np.ndarray:
+        """(M,) whether each column's row has room left at ``load`` (R,)."""
+        return (load < self.capacity)[self.rows]
 
 
 def subproblem(problem: AssignmentProblem, rows: np.ndarray,
@@ -65,6 +90,7 @@ def subproblem(problem: AssignmentProblem, rows: np.ndarray,
                               else deferral_penalty_usd),
         settled_jobs=problem.settled_jobs,
         settled_p_sum=problem.settled_p_sum,
+        capacity_row=problem.capacity_row,
     )
 
 

@@ -52,19 +52,25 @@ def _jobs_text(idx: np.ndarray) -> str:
 
 
 def _max_flow_assignment(problem: AssignmentProblem, jobs: np.ndarray) -> np.ndarray:
-    """(N,) a maximum placement of ``jobs`` within capacity (-1 = not placed)."""
-    n, m = problem.num_jobs, problem.num_models
+    """(N,) a maximum placement of ``jobs`` within capacity (-1 = not placed): a flow from the
+    jobs through their capacity rows; each placed job then takes its most accurate eligible
+    column on the row the flow gave it."""
+    n, num_cap = problem.num_jobs, problem.num_capacity_rows
     k = jobs.size
     ji, mj = np.nonzero(problem.eligible[jobs])
-    source, sink = 0, k + m + 1
-    tails = np.concatenate([np.zeros(k, np.int64), 1 + ji, 1 + k + np.arange(m)])
-    heads = np.concatenate([1 + np.arange(k), 1 + k + mj, np.full(m, sink)])
-    caps = np.concatenate([np.ones(k), np.ones(ji.size), problem.capacity]).astype(np.int32)
-    graph = sp.csr_matrix((caps, (tails, heads)), shape=(k + m + 2, k + m + 2))
+    pairs = np.unique(np.column_stack([ji, problem.rows[mj]]), axis=0)
+    pj, pr = pairs[:, 0], pairs[:, 1]
+    source, sink = 0, k + num_cap + 1
+    tails = np.concatenate([np.zeros(k, np.int64), 1 + pj, 1 + k + np.arange(num_cap)])
+    heads = np.concatenate([1 + np.arange(k), 1 + k + pr, np.full(num_cap, sink)])
+    caps = np.concatenate([np.ones(k), np.ones(pj.size), problem.capacity]).astype(np.int32)
+    graph = sp.csr_matrix((caps, (tails, heads)), shape=(k + num_cap + 2, k + num_cap + 2))
     flow = maximum_flow(graph, source, sink, method="dinic").flow.tocoo()
     on = (flow.data > 0) & (flow.row >= 1) & (flow.row <= k) & (flow.col > k)
+    placed, row = flow.row[on] - 1, flow.col[on] - 1 - k
+    on_row = problem.eligible[jobs[placed]] & (problem.rows[None, :] == row[:, None])
     plan = np.full(n, -1)
-    plan[jobs[flow.row[on] - 1]] = flow.col[on] - 1 - k
+    plan[jobs[placed]] = np.where(on_row, problem.p_success[jobs[placed]], -np.inf).argmax(axis=1)
     return plan
 
 
@@ -72,17 +78,17 @@ def _best_quality_within_capacity(problem: AssignmentProblem, jobs: np.ndarray
                                   ) -> np.ndarray | None:
     """Each of ``jobs`` on its most accurate eligible model, if that fits in capacity."""
     best = np.where(problem.eligible[jobs], problem.p_success[jobs], -np.inf).argmax(axis=1)
-    if (np.bincount(best, minlength=problem.num_models) > problem.capacity).any():
-        return None
     plan = np.full(problem.num_jobs, -1)
     plan[jobs] = best
+    if (problem.load(plan) > problem.capacity).any():
+        return None
     return plan
 
 
 def _add_helpful_jobs(problem: AssignmentProblem, plan: np.ndarray, surplus: np.ndarray
                       ) -> np.ndarray:
     """``plan`` plus deferrable jobs of short groups that raise their group's mean, each on its
-    most accurate model, best first, while that model has room."""
+    most accurate model, best first, while that model's capacity row has room."""
     short = surplus < -FEASIBILITY_TOL
     coeff = np.where(problem.eligible, quality_coeff(problem), -np.inf)
     best = coeff.argmax(axis=1)
@@ -90,12 +96,13 @@ def _add_helpful_jobs(problem: AssignmentProblem, plan: np.ndarray, surplus: np.
     cand = np.flatnonzero((plan < 0) & np.isfinite(problem.deferral_penalty_usd)
                           & short[problem.group] & (gain > 0))
     cand = cand[np.argsort(-gain[cand], kind="stable")]
-    room = problem.capacity - np.bincount(plan[plan >= 0], minlength=problem.num_models)
+    room = problem.capacity - problem.load(plan)
+    row = problem.rows[best[cand]]
     rank = np.zeros(cand.size, dtype=np.int64)
-    for j in np.unique(best[cand]):
-        on_j = best[cand] == j
-        rank[on_j] = np.arange(on_j.sum())
-    take = cand[rank < room[best[cand]]]
+    for r in np.unique(row):
+        on_r = row == r
+        rank[on_r] = np.arange(on_r.sum())
+    take = cand[rank < room[row]]
     out = plan.copy()
     out[take] = best[take]
     return out

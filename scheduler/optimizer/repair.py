@@ -58,10 +58,15 @@ class _Plan:
             [problem.cost_usd, np.where(finite_w, problem.deferral_penalty_usd, 0.0)[:, None]], axis=1)
         self.gain = np.concatenate([coeff, np.zeros((n, 1))], axis=1)
         self.allowed = np.concatenate([problem.eligible, finite_w[:, None]], axis=1)
+        # Loads are per capacity row (R of them, then one for deferral, never full); each option
+        # (M columns, then deferral) draws on its row.
+        num_cap = problem.num_capacity_rows
+        self.num_cap = num_cap
+        self.row = np.append(problem.rows, num_cap)
         self.capacity = np.concatenate([problem.capacity, [np.iinfo(np.int64).max]])
         self.has_row = ~np.isnan(problem.alpha)
         self.option = np.where(plan < 0, m, plan).astype(np.int64)
-        self.load = np.bincount(self.option, minlength=m + 1)
+        self.load = np.bincount(self.row[self.option], minlength=num_cap + 1)
         rows = np.arange(n)
         self.surplus = np.bincount(self.group, weights=self.gain[rows, self.option],
                                    minlength=self.has_row.size) + settled_surplus(problem)
@@ -71,12 +76,17 @@ class _Plan:
         return np.where(self.has_row, self.surplus, np.inf)
 
     def room(self) -> np.ndarray:
-        return self.load < self.capacity
+        """(M+1,) whether each option's capacity row has room."""
+        return (self.load < self.capacity)[self.row]
+
+    def over(self) -> np.ndarray:
+        """(R,) which capacity rows hold more jobs than they may."""
+        return self.load[:self.num_cap] > self.capacity[:self.num_cap]
 
     def move(self, i: int, k: int) -> None:
         here = self.option[i]
-        self.load[here] -= 1
-        self.load[k] += 1
+        self.load[self.row[here]] -= 1
+        self.load[self.row[k]] += 1
         self.surplus[self.group[i]] += self.gain[i, k] - self.gain[i, here]
         self.option[i] = k
 
@@ -120,12 +130,11 @@ def _shed_overload(state: _Plan, lam: np.ndarray) -> bool:
     """Step 1 (module doc), in passes: every job on an overfull model is priced at its cheapest
     way off it, and the cheapest are moved until the model fits; a pass whose destinations fill
     up leaves the rest to the next."""
-    m = state.m
     for _ in range(MAX_CAPACITY_PASSES):
-        over = state.load[:m] > state.capacity[:m]
+        over = np.append(state.over(), False)
         if not over.any():
             return True
-        jobs = np.flatnonzero(over[np.minimum(state.option, m - 1)] & (state.option < m))
+        jobs = np.flatnonzero(over[state.row[state.option]])
         here = state.option[jobs]
         lost = state.gain[jobs, here][:, None] - state.gain[jobs]
         score = (state.cost[jobs] - state.cost[jobs, here][:, None]
@@ -135,19 +144,20 @@ def _shed_overload(state: _Plan, lam: np.ndarray) -> bool:
         score = np.where(ok, score, np.inf)
         dest = score.argmin(axis=1)
         best = score[np.arange(jobs.size), dest]
-        excess = int((state.load[:m] - state.capacity[:m]).clip(min=0).sum())
+        excess = int((state.load - state.capacity)[:state.num_cap].clip(min=0).sum())
         moved = 0
         for t in np.argsort(best, kind="stable"):
             if moved == excess or not np.isfinite(best[t]):
                 break
             i, k = int(jobs[t]), int(dest[t])
-            if state.load[here[t]] <= state.capacity[here[t]] or state.load[k] >= state.capacity[k]:
+            from_row, to_row = state.row[here[t]], state.row[k]
+            if state.load[from_row] <= state.capacity[from_row] or state.load[to_row] >= state.capacity[to_row]:
                 continue
             state.move(i, k)
             moved += 1
         if not moved:
             return False
-    return not (state.load[:m] > state.capacity[:m]).any()
+    return not state.over().any()
 
 
 def _fill_quality(state: _Plan, g: int, pool: np.ndarray) -> bool:

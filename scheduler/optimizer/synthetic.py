@@ -8,6 +8,9 @@ sits between the mean success of the cheapest plan and the best reachable one, s
 quality rows both bind.
 
 scarce_problem: a busy scheduler's window, far more jobs than free slots (see its docstring).
+
+with_cascade_columns: either window plus two-model cascade columns that share their first
+model's capacity row, as the policy builds them (scheduler/cascade_columns.py).
 """
 from __future__ import annotations
 
@@ -126,4 +129,36 @@ def scarce_problem(
         group=group.astype(np.int64),
         alpha=alpha,
         deferral_penalty_usd=penalty,
+    )
+
+
+def with_cascade_columns(problem: AssignmentProblem, *, seed: int = 0) -> AssignmentProblem:
+    """``problem`` plus a column per pair (cheaper model j, dearer model k) of its models: run j,
+    escalate to k with a chance of 20-60% per job; expected cost c_j + P(escalate) c_k, expected
+    quality between p_j and max(p_j, p_k). Each draws on j's capacity row."""
+    if problem.capacity_row is not None:
+        raise ValueError("with_cascade_columns expects one capacity row per model")
+    rng = np.random.default_rng(seed)
+    n, m = problem.num_jobs, problem.num_models
+    order = np.argsort(np.median(problem.cost_usd, axis=0))
+    pairs = [(int(order[a]), int(order[b])) for a in range(m) for b in range(a + 1, m)]
+    first = np.array([j for j, _ in pairs], dtype=np.int64)
+    then = np.array([k for _, k in pairs], dtype=np.int64)
+    escalate = rng.uniform(0.2, 0.6, (n, len(pairs)))
+    cost = problem.cost_usd[:, first] + escalate * problem.cost_usd[:, then]
+    lift = rng.uniform(0.5, 0.9, (n, len(pairs)))
+    p_first = problem.p_success[:, first]
+    p = p_first + lift * np.maximum(problem.p_success[:, then] - p_first, 0.0)
+    eligible = problem.eligible[:, first] & problem.eligible[:, then]
+    return AssignmentProblem(
+        cost_usd=np.hstack([problem.cost_usd, cost]),
+        p_success=np.hstack([problem.p_success, p]),
+        capacity=problem.capacity,
+        eligible=np.hstack([problem.eligible, eligible]),
+        group=problem.group,
+        alpha=problem.alpha,
+        deferral_penalty_usd=problem.deferral_penalty_usd,
+        settled_jobs=problem.settled_jobs,
+        settled_p_sum=problem.settled_p_sum,
+        capacity_row=np.concatenate([np.arange(m), first]),
     )

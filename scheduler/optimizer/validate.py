@@ -16,13 +16,13 @@ def validate_problem(problem: AssignmentProblem) -> None:
     shapes = {
         "p_success": (problem.p_success, (n, m)),
         "eligible": (problem.eligible, (n, m)),
-        "capacity": (problem.capacity, (m,)),
         "group": (problem.group, (n,)),
         "deferral_penalty_usd": (problem.deferral_penalty_usd, (n,)),
     }
     for name, (arr, shape) in shapes.items():
         if np.shape(arr) != shape:
             raise InvalidRequest(f"{name} must have shape {shape}, got {np.shape(arr)}")
+    _validate_capacity_rows(problem, m)
     if np.ndim(problem.alpha) != 1:
         raise InvalidRequest(f"alpha must be (G,), got shape {np.shape(problem.alpha)}")
     if np.asarray(problem.eligible).dtype != bool:
@@ -73,3 +73,18 @@ def _validate_settled(problem: AssignmentProblem, num_groups: int) -> None:
     if (surplus < -1e-9).any():
         g = int(np.flatnonzero(surplus < -1e-9)[0])
         raise InvalidRequest(f"group {g}'s settled jobs have mean p below its alpha: leave them out")
+
+
+def _validate_capacity_rows(problem: AssignmentProblem, m: int) -> None:
+    """capacity is (M,) without capacity_row; with it, (R,) and capacity_row (M,) ints in [0, R)."""
+    if problem.capacity_row is None:
+        if np.shape(problem.capacity) != (m,):
+            raise InvalidRequest(f"capacity must have shape ({m},), got {np.shape(problem.capacity)}")
+        return
+    rows = np.asarray(problem.capacity_row)
+    if np.ndim(problem.capacity) != 1:
+        raise InvalidRequest(f"capacity must be (R,), got shape {np.shape(problem.capacity)}")
+    if rows.shape != (m,) or not np.issubdtype(rows.dtype, np.integer):
+        raise InvalidRequest(f"capacity_row must be {m} integers, got {rows.dtype} of shape {rows.shape}")
+    if m and ((rows < 0) | (rows >= np.size(problem.capacity))).any():
+        raise InvalidRequest(f"capacity_row must be in [0, {np.size(problem.capacity)})")

@@ -143,8 +143,18 @@ def test_the_policy_plans_a_cascade_as_data_with_its_reason() -> None:
     assert plan.objective_usd < direct_dear
 
 
-def test_no_cascade_where_the_first_model_cannot_take_the_whole_window_or_a_deadline_binds() -> None:
-    assert not [a for a in plan_with_cascade(window(20, alpha=0.75), capacity=10).assignments if a.cascade]
+def test_in_a_scarce_tick_cascades_and_direct_runs_share_the_first_models_slots() -> None:
+    # 15 free slots on the cheap model for 20 jobs: cascades are still offered (before, only a
+    # first model with room for the whole window got them), and the jobs that start on the cheap
+    # model, directly or as a cascade, take at most its 15 slots.
+    plan = plan_with_cascade(window(20, alpha=0.75), capacity=15)
+    on_cheap = [a for a in plan.assignments if a.model == "cheap"]
+    assert [a for a in on_cheap if a.cascade], [a.reason for a in plan.assignments]
+    assert len(on_cheap) <= 15 and len(plan.assignments) == 20
+    assert any("cascade strategies offered: 1" in note for note in plan.notes)
+
+
+def test_no_cascade_where_a_deadline_binds() -> None:
     soon = window(20, alpha=0.75, deadline_at=NOW + dt.timedelta(hours=1))
     assert not [a for a in plan_with_cascade(soon).assignments if a.cascade]
 

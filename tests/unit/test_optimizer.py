@@ -149,6 +149,9 @@ GOOD = _problem([[1, 3], [1, 4]], np.full((2, 2), 0.9), [2, 3], alpha=[0.5])
         {"deferral_penalty_usd": np.array([1.0, -1.0])},
         {"deferral_penalty_usd": np.array([1.0, np.nan])},
         {"deferral_penalty_usd": np.ones(3)},
+        {"capacity_row": np.array([0, 2])},                                    # no row 2
+        {"capacity_row": np.array([0.0, 1.0])},
+        {"capacity": np.array([1, 1, 1])},                                     # without capacity_row
         {"settled_jobs": np.array([2])},                                       # without its sum
         {"settled_jobs": np.array([2, 1]), "settled_p_sum": np.array([1.0, 1.0])},
         {"settled_jobs": np.array([-1]), "settled_p_sum": np.array([0.0])},
@@ -189,3 +192,17 @@ def test_a_groups_settled_jobs_count_in_its_mean(method):
         assert sol.model_index.tolist() == [0] and sol.status is SolveStatus.OPTIMAL
     short = replace(alone, settled_jobs=np.array([1]), settled_p_sum=np.array([0.6]))
     assert solve(short, method).model_index.tolist() == [-1]      # (0.6 + 0.3) / 2 < 0.5
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_columns_sharing_a_capacity_row_share_its_slots(method):
+    # Columns: A (p 0.3, $1), B (p 0.9, $10, no slot free), and "A, then B if weak" (p 0.8, $3),
+    # which takes a slot of A now. Two jobs, alpha 0.5, one slot on A. Were the cascade's slot its
+    # own, both jobs would run (A and the cascade: mean 0.55, $4); shared, one runs, on the cascade.
+    one_slot = replace(_problem([[1, 10, 3]] * 2, [[0.3, 0.9, 0.8]] * 2, [1, 0], alpha=(0.5,),
+                                penalty=[100.0, 100.0]), capacity_row=np.array([0, 1, 0]))
+    sol = solve(one_slot, method)
+    assert sorted(sol.model_index.tolist()) == [-1, 2]
+    assert sol.objective_usd == pytest.approx(103.0)
+    own_slot = replace(one_slot, capacity=np.array([1, 0, 1]), capacity_row=None)
+    assert sorted(solve(own_slot, method).model_index.tolist()) == [0, 2]

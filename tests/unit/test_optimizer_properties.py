@@ -15,7 +15,7 @@ from scheduler.optimizer.highs_model import cost_scale, quality_coeff, solve_sub
 from scheduler.optimizer.plan_check import FEASIBILITY_TOL, objective_usd, violations
 from scheduler.optimizer.problem import settled_surplus
 from scheduler.optimizer.relax import relax
-from scheduler.optimizer.synthetic import scarce_problem, synthetic_problem
+from scheduler.optimizer.synthetic import scarce_problem, synthetic_problem, with_cascade_columns
 
 TOL = 1e-7
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -32,7 +32,13 @@ def windows(draw, max_jobs: int, max_models: int, max_groups: int = 3, min_jobs:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     must_fraction = draw(st.sampled_from([0.0, 0.3, 1.0]))
     eligible_fraction = draw(st.sampled_from([0.5, 0.8, 1.0]))
-    capacity = rng.integers(0, n + 1, m) if draw(st.booleans()) else np.full(m, n)
+    capacity_row = None
+    num_rows = m
+    if m > 1 and draw(st.booleans()):
+        # Columns sharing capacity rows, as a cascade shares its first model's slots.
+        num_rows = int(rng.integers(1, m))
+        capacity_row = rng.integers(0, num_rows, m)
+    capacity = rng.integers(0, n + 1, num_rows) if draw(st.booleans()) else np.full(num_rows, n)
     alpha = np.where(rng.random(num_groups) < 0.25, np.nan, rng.uniform(0.2, 0.9, num_groups))
     penalty = rng.uniform(0.05, 2.0, n).round(3)
     penalty[rng.random(n) < must_fraction] = np.inf
@@ -54,6 +60,7 @@ def windows(draw, max_jobs: int, max_models: int, max_groups: int = 3, min_jobs:
         deferral_penalty_usd=penalty,
         settled_jobs=settled_jobs,
         settled_p_sum=settled_p_sum,
+        capacity_row=capacity_row,
     )
 
 
@@ -97,8 +104,8 @@ def _brute_force(problem: AssignmentProblem) -> tuple[float, float | None]:
     k = np.where(on, plans, 0)
     ok = (on & problem.eligible[rows, k]) | (~on & np.isfinite(problem.deferral_penalty_usd))
     ok = ok.all(axis=1)
-    for j in range(m):
-        ok &= (plans == j).sum(axis=1) <= problem.capacity[j]
+    for r, slots in enumerate(problem.capacity):
+        ok &= np.isin(plans, np.flatnonzero(problem.rows == r)).sum(axis=1) <= slots
     p = np.where(on, problem.p_success[rows, k], 0.0)
     settled_count = 0 if problem.settled_jobs is None else problem.settled_jobs[0]
     settled_sum = 0.0 if problem.settled_p_sum is None else problem.settled_p_sum[0]
@@ -271,6 +278,28 @@ def test_scarce_windows_are_feasible_and_match_exact(slots, seed):
     # Within a cent of the exact MILP on windows whose objective is ~10^5-10^6 USD of penalties.
     assert sol.objective_usd <= exact.objective_usd + 0.01
     assert sol.lower_bound_usd <= exact.objective_usd + 1e-6
+
+
+@pytest.mark.parametrize(("num_jobs", "slots", "seed"), [(600, 100, 0), (2000, 128, 1), (3000, 1000, 2)])
+def test_scarce_windows_with_cascades_share_their_first_models_slots(num_jobs, slots, seed):
+    # Cascade columns draw on their first model's row: the slots are shared, never offered twice.
+    problem = with_cascade_columns(scarce_problem(num_jobs, 4, slots, seed=seed), seed=seed)
+    sol = solve(problem, "fast")
+    _check_solution(problem, sol)
+    assert (problem.load(sol.model_index) <= problem.capacity).all()
+    assert _scheduled(sol).size == slots
+    exact = solve(problem, "exact-highspy", time_limit_s=60)
+    assert exact.status is SolveStatus.OPTIMAL
+    assert sol.objective_usd <= exact.objective_usd + 0.01
+    assert sol.lower_bound_usd <= exact.objective_usd + 1e-6
+
+
+def test_ample_windows_with_cascades_are_near_exact():
+    problem = with_cascade_columns(synthetic_problem(3000, 4, seed=5), seed=5)
+    sol = solve(problem, "fast")
+    _check_solution(problem, sol)
+    exact = solve(problem, "exact-highspy", time_limit_s=60)
+    assert sol.objective_usd <= exact.objective_usd * (1 + 1e-3)
 
 
 def test_scarce_slots_go_to_the_highest_penalties_when_costs_are_negligible():
