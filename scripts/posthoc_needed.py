@@ -17,8 +17,8 @@ does not depend on the answers beside it (no agreement signal). The paper's post
 sigma = 0.3 / 0.8 / 1.2 at its "low" / "medium" / "high" levels. On a 0/1 score its within-task
 ROC-AUC is Phi(1 / (sigma sqrt 2)): 0.99 / 0.81 / 0.72; the table prints the measured one.
 
-Everything else is production, as the replay runs it: the ex-ante predictor fitted on train and
-its 3-fold out-of-fold p (:func:`scheduler.predictor.posthoc.cross_fit_ex_ante`); the cascade model
+Everything else is production, as the replay runs it: the ex-ante predictor fitted on train (read
+through the production ``FleetPredictor``, its prior blend included) and its 3-fold out-of-fold p (:func:`scheduler.predictor.posthoc.cross_fit_ex_ante`); the cascade model
 fitted by :func:`scheduler.cascade_fit.fit_cascade_model` (given the synthetic judge through its
 ``posthoc_judge`` parameter); the test windows routed by ``OptimizingPolicy.plan`` on the simulated
 fleet (:class:`PolicyRouter`) with the replay's safety margin (CV bias on train + noise term); the
@@ -53,7 +53,6 @@ from scheduler.cascade import Judge  # noqa: E402
 from scheduler.cascade_fit import fit_cascade_model  # noqa: E402
 from scheduler.datasets import read_dataset  # noqa: E402
 from scheduler.datasets.costing import DEFAULT_ASSUMED_OUTPUT_TOKENS, OutcomeMatrix, realised_cost_usd  # noqa: E402
-from scheduler.predictor import make_predictor  # noqa: E402
 from scheduler.predictor.calibration import within_task_auc  # noqa: E402
 from scheduler.predictor.posthoc import cross_fit_ex_ante  # noqa: E402
 from scheduler.replay import policies as pol  # noqa: E402
@@ -62,7 +61,9 @@ from scheduler.replay.frontier import DEFAULT_REFINE_STEPS, refine_reach_best  #
 from scheduler.replay.margin import DEFAULT_Z, SafetyMargin, cross_validated_bias  # noqa: E402
 from scheduler.replay.report import ALPHA_TOLERANCE, PolicyPoint, make_point, reach_best  # noqa: E402
 from scheduler.replay.runner import ALPHA_STEP, split_matrices, sweep_alphas  # noqa: E402
-from scheduler.replay.simulated_fleet import PolicyRouter, simulated_fleet  # noqa: E402
+from scheduler.replay.simulated_fleet import (  # noqa: E402
+    PolicyRouter, fleet_predictions, production_fit, simulated_fleet,
+)
 
 PAPER_LEVELS = {0.3: "low", 0.8: "medium", 1.2: "high"}   # ground_truth_noise_after in scripts/routerbench.py
 NOISE = (0.3, 0.8, 1.2, 2.0)
@@ -141,9 +142,12 @@ def main() -> None:
         f"cheapest {[test.models[j] for j in cheap]}")
 
     say(f"fitting the ex-ante predictor {args.predictor} on train")
-    ours = make_predictor(args.predictor).fit(train.prompts, train.scores, train.output_tokens, train.models,
-                                              tasks=train.tasks).predict(test_perm.prompts, tasks=tasks)
-    tokens = ours.output_tokens if ours.output_tokens is not None else np.full((n, m), float(DEFAULT_ASSUMED_OUTPUT_TOKENS))
+    fleet = simulated_fleet(test.models, data.prices, train, args.window)
+    # As the replay (runner.py): fitted under the fleet's names, read through the production
+    # FleetPredictor, so its blend of each model's p with the fleet prior applies.
+    fitted = production_fit(args.predictor, train, True, model_names=fleet.names)
+    ours_p, tokens = fleet_predictions(fleet, fitted, test_perm.ids, test_perm.prompts, tasks,
+                                       DEFAULT_ASSUMED_OUTPUT_TOKENS)
     bias = args.bias
     if bias is None:
         say("the safety margin's CV bias on train (as the replay)")
@@ -153,7 +157,6 @@ def main() -> None:
     say(f"margin bias {bias:.4f}; out-of-fold ex-ante p on train (3 folds)")
     oof_ex = cross_fit_ex_ante(args.predictor, train.prompts, train.scores, train.output_tokens, train.models,
                                tasks=train.tasks, seed=args.seed)
-    fleet = simulated_fleet(test.models, data.prices, train, args.window)
 
     estimators: list[tuple[str, float | None]] = [] if args.no_learnt else [("learnt", None)]
     estimators += [(PAPER_LEVELS.get(s, ""), s) for s in (float(x) for x in args.noise.split(","))]
@@ -168,7 +171,7 @@ def main() -> None:
         if sigma is None:
             model, _ = fit_cascade_model(train, args.predictor, mean_cost, use_tasks=True, seed=args.seed,
                                          posthoc=args.posthoc, ex_ante_oof=oof_ex)
-            judge: Judge = posthoc_test_judge(train, test_perm, oof_ex, ours.p_success, use_tasks=True,
+            judge: Judge = posthoc_test_judge(train, test_perm, oof_ex, ours_p, use_tasks=True,
                                               seed=args.seed, posthoc=args.posthoc)
         else:
             # the line is fitted on train rows; the same line maps the test draws
@@ -179,7 +182,7 @@ def main() -> None:
                                          ex_ante_oof=oof_ex, posthoc_judge=array_judge(p[:len(train.ids)], known_train))
             judge = array_judge(p[len(train.ids):], known_test)
         auc = [within_task_auc(judge(j, ()), scores[:, j], tasks) for j in range(m)]
-        router = PolicyRouter(fleet, test_perm.ids, test_perm.prompts, ours.p_success, tokens, pol.SolverChoice(),
+        router = PolicyRouter(fleet, test_perm.ids, test_perm.prompts, ours_p, tokens, pol.SolverChoice(),
                               args.window, cascade=model)
         say(f"{name}: {len(model.strategies)} strategies kept of {model.candidates_}; within-task AUC "
             f"{np.nanmean(auc):.3f} (cheapest {np.nanmean([auc[j] for j in cheap]):.3f}); sweeping")
