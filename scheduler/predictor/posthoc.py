@@ -78,206 +78,37 @@ find at once.
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import pickle
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import scipy.sparse as sp
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from scheduler.errors import InvalidRequest
 from scheduler.predictor.answers import ANSWER_FEATURES, SIGNATURE_SIZE, read_answer, read_prompt
 from scheduler.predictor.base import NotFitted, PredictorError
 from scheduler.predictor.calibrated import blend_weights
-from scheduler.predictor.calibration import CalibrationMethod, Calibrator, logit, soft_labels
+from scheduler.predictor.calibration import CalibrationMethod, Calibrator, logit
+from scheduler.predictor.posthoc_features import (
+    AGREEMENT_FEATURES, AnswerTable, AnswerTextModel, agreement_features, earlier_sets,
+)
+# The learners' classes are named here too, so estimators pickled before they moved still load.
+from scheduler.predictor.posthoc_learners import _Component, _Logistic, _Trees
 from scheduler.predictor.task_prior import TaskPrior
 
 POSTHOC_FORMAT_VERSION = 1
 _MAGIC = "switchyard-posthoc"
-_CHUNK = 16_384
 
-AGREEMENT_FEATURES: tuple[str, ...] = (
-    "n_earlier", "n_agree", "n_disagree", "support", "opposition", "max_rel_agree", "max_rel_disagree",
-    "plurality", "in_plurality", "distinct_earlier", "sim_mean", "sim_max", "sim_rel",
-)
 QUERY_FEATURES: tuple[str, ...] = (
     *ANSWER_FEATURES, "ex_ante_logit", "prior_logit", "text_score", *AGREEMENT_FEATURES, "model",
 )
-TEXT_C_GRID = (0.1, 0.3, 1.0, 3.0)
 
 
 class UnknownPosthoc(InvalidRequest):
     """No post-hoc estimator is registered under that name."""
-
-
-@dataclass(frozen=True)
-class AnswerTable:
-    """N jobs' answers read once (:meth:`PosthocEstimator.featurize`); columns in ``model_names`` order."""
-
-    model_names: tuple[str, ...]
-    answered: np.ndarray     # (N, M) bool: the model's answer is known
-    keys: np.ndarray         # (N, M) int64: final-answer key, 0 = none read
-    features: np.ndarray     # (N, M, F) float32: the answer's own reading (ANSWER_FEATURES)
-    signatures: np.ndarray   # (N, M, S) uint64: MinHash of the answer's tokens
-    ex_ante: np.ndarray      # (N, M) float: the ex-ante p (nan when not given)
-    prior: np.ndarray        # (N, M) float: the task prior (each model's training rate on the job's task)
-    text_score: np.ndarray   # (N, M) float32: logit of the answer-text model (0 when it is not used)
-
-    @property
-    def num_jobs(self) -> int:
-        return int(self.answered.shape[0])
-
-
-def earlier_sets(answered: np.ndarray, singles: int = 3, larger: int = 2, seed: int = 0
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Training queries from N x M answered cells: (rows, models, earlier (K, M) bool).
-
-    Every answered (job, k) gets the empty set, up to ``singles`` single other answered models
-    and ``larger`` random sets of 2 or more (duplicates dropped), so the estimator sees first
-    answers, second opinions and later cascade steps alike."""
-    rng = np.random.default_rng(seed)
-    n, m = answered.shape
-    rows: list[int] = []
-    models: list[int] = []
-    sets: list[np.ndarray] = []
-    for i in range(n):
-        have = np.flatnonzero(answered[i])
-        for k in have:
-            others = have[have != k]
-            chosen: list[tuple[int, ...]] = [()]
-            if others.size:
-                for j in rng.permutation(others)[:singles]:
-                    chosen.append((int(j),))
-                if others.size >= 2:
-                    for _ in range(larger):
-                        size = int(rng.integers(2, others.size + 1))
-                        chosen.append(tuple(sorted(int(x) for x in rng.choice(others, size, replace=False))))
-            for subset in dict.fromkeys(chosen):
-                mask = np.zeros(m, dtype=bool)
-                mask[list(subset)] = True
-                rows.append(i)
-                models.append(int(k))
-                sets.append(mask)
-    earlier = np.array(sets, dtype=bool).reshape(len(sets), m)
-    return np.array(rows, dtype=np.int64), np.array(models, dtype=np.int64), earlier
-
-
-def agreement_features(table: AnswerTable, rows: np.ndarray, models: np.ndarray, earlier: np.ndarray
-                       ) -> np.ndarray:
-    """(K, len(AGREEMENT_FEATURES)) float32: how model k's answer relates to the earlier answers."""
-    out = np.zeros((rows.size, len(AGREEMENT_FEATURES)), dtype=np.float32)
-    for lo in range(0, rows.size, _CHUNK):
-        sl = slice(lo, lo + _CHUNK)
-        out[sl] = _agreement_chunk(table, rows[sl], models[sl], earlier[sl])
-    return out
-
-
-def _agreement_chunk(table: AnswerTable, rows: np.ndarray, models: np.ndarray, earlier: np.ndarray) -> np.ndarray:
-    k = rows.size
-    idx = np.arange(k)
-    keys = table.keys[rows]                                           # (K, M)
-    own = keys[idx, models]                                           # (K,)
-    avail = earlier & table.answered[rows]
-    avail[idx, models] = False
-    rel = np.where(np.isnan(table.ex_ante[rows]), table.prior[rows], table.ex_ante[rows])
-    rel_logit = logit(rel)
-    keyed = avail & (keys != 0)
-    has_own = (own != 0)[:, None]
-    agree = keyed & has_own & (keys == own[:, None])
-    disagree = keyed & has_own & (keys != own[:, None])
-    eq = keyed[:, :, None] & keyed[:, None, :] & (keys[:, :, None] == keys[:, None, :])
-    group = eq.sum(axis=2)                                            # (K, M) size of m's group
-    plurality = group.max(axis=1)
-    in_plurality = (agree & (group == plurality[:, None])).any(axis=1)
-    distinct = np.where(keyed, 1.0 / np.maximum(group, 1), 0.0).sum(axis=1)
-    sig = table.signatures[rows]                                      # (K, M, S)
-    own_sig = sig[idx, models]                                        # (K, S)
-    sim = (sig == own_sig[:, None, :]).mean(axis=2)
-    sim_ok = avail & (sig.any(axis=2)) & own_sig.any(axis=1)[:, None]
-    n_sim = sim_ok.sum(axis=1)
-    sim_mean = np.where(sim_ok, sim, 0.0).sum(axis=1) / np.maximum(n_sim, 1)
-    sim_max = np.where(sim_ok, sim, 0.0).max(axis=1)
-    sim_rel = np.where(sim_ok, sim * rel, 0.0).max(axis=1)
-    return np.column_stack([
-        avail.sum(axis=1), agree.sum(axis=1), disagree.sum(axis=1),
-        np.where(agree, rel_logit, 0.0).sum(axis=1), np.where(disagree, rel_logit, 0.0).sum(axis=1),
-        np.where(agree, rel, 0.0).max(axis=1), np.where(disagree, rel, 0.0).max(axis=1),
-        plurality, in_plurality, distinct, sim_mean, sim_max, sim_rel,
-    ]).astype(np.float32)
-
-
-class AnswerTextModel:
-    """L2 logistic regression on the answer's word 1-2 gram TF-IDF (its tail) plus per-model
-    intercepts: what the wording of an answer says about it, as one logit per answer. The penalty
-    is chosen from :data:`TEXT_C_GRID` by out-of-fold log-loss (folds by job)."""
-
-    def __init__(self, max_chars: int = 2_000, max_features: int = 50_000) -> None:
-        self.max_chars = max_chars
-        self.max_features = max_features
-        self.c_ = float("nan")
-        self._vec: TfidfVectorizer | None = None
-        self._lr: LogisticRegression | None = None
-        self._m = 0
-
-    def _x(self, texts: Sequence[str], models: np.ndarray) -> sp.csr_matrix:
-        assert self._vec is not None
-        words = self._vec.transform([t[-self.max_chars:] for t in texts])
-        onehot = sp.csr_matrix((np.ones(len(models)), (np.arange(len(models)), models)),
-                               shape=(len(models), self._m))
-        return sp.hstack([words, onehot], format="csr")
-
-    def fit_oof(self, texts: Sequence[str], models: np.ndarray, y: np.ndarray, jobs: np.ndarray, m: int,
-                folds: int, seed: int) -> np.ndarray:
-        """Fit on all rows; return out-of-fold logits (folds over ``jobs``)."""
-        self._m = m
-        few = len(texts) < 50
-        self._vec = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1 if few else 2,
-                                    max_df=1.0 if few else 0.95, max_features=self.max_features,
-                                    token_pattern=r"(?u)\b\w+\b|[^\w\s]", dtype=np.float32)
-        try:
-            self._vec.fit([t[-self.max_chars:] for t in texts])
-        except ValueError:   # no vocabulary at all
-            self._vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 1), dtype=np.float32).fit(
-                [t[-self.max_chars:] or " " for t in texts])
-        x = self._x(texts, models)
-        xs, ys, ws = _binary(x, y)
-        src = _binary_rows(y)
-        job_of = jobs[src]
-        uniq = np.unique(jobs)
-        best: tuple[float, float, np.ndarray] | None = None
-        splits = list(KFold(min(folds, max(2, uniq.size)), shuffle=True, random_state=seed).split(uniq))
-        for c in TEXT_C_GRID:
-            oof = np.zeros(len(y))
-            for tr_jobs, te_jobs in splits:
-                tr = np.isin(job_of, uniq[tr_jobs])
-                te = np.isin(jobs, uniq[te_jobs])
-                if np.ptp(ys[tr]) == 0:
-                    oof[te] = 0.0
-                    continue
-                lr = LogisticRegression(C=c, max_iter=1000).fit(xs[tr], ys[tr], sample_weight=ws[tr])
-                oof[te] = lr.decision_function(x[te])
-            loss = float(np.mean(np.logaddexp(0.0, oof) - y * oof))
-            if best is None or loss < best[0]:
-                best = (loss, c, oof)
-        assert best is not None
-        self.c_ = best[1]
-        self._lr = LogisticRegression(C=self.c_, max_iter=1000).fit(xs, ys, sample_weight=ws) if np.ptp(ys) else None
-        return best[2]
-
-    def score(self, texts: Sequence[str], models: np.ndarray) -> np.ndarray:
-        if self._lr is None or not len(texts):
-            return np.zeros(len(texts))
-        return np.asarray(self._lr.decision_function(self._x(texts, models)))
 
 
 class PosthocEstimator:
@@ -607,88 +438,6 @@ def make_posthoc(name: str = "posthoc", **params: Any) -> PosthocEstimator:
     except KeyError:
         raise UnknownPosthoc(f"unknown post-hoc estimator {name!r}; choose one of {available_posthoc()}") from None
     return cls(**params)
-
-
-def _binary_rows(y: np.ndarray) -> np.ndarray:
-    """Source row of each row of :func:`_binary`'s output."""
-    xs, _, _ = soft_labels(np.arange(len(y), dtype=float)[:, None], y)
-    return xs[:, 0].astype(np.int64)
-
-
-def _binary(x: Any, y: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
-    """Fractional scores as two weighted rows (as the calibrator does); ``x`` dense or sparse."""
-    _, ys, ws = soft_labels(np.arange(len(y), dtype=float)[:, None], y)
-    return x[_binary_rows(y)], ys, ws
-
-
-class _Component(ABC):
-    """One raw learner on the query features: fitted per fold and on everything, then blended."""
-
-    @abstractmethod
-    def fit(self, x: np.ndarray, y: np.ndarray, models: np.ndarray, m: int, model_column: bool) -> None: ...
-
-    @abstractmethod
-    def predict(self, x: np.ndarray, models: np.ndarray) -> np.ndarray: ...
-
-
-class _Trees(_Component):
-    """Histogram gradient-boosted trees (the model index, when kept, as a categorical feature)."""
-
-    def __init__(self, seed: int, max_iter: int = 200, learning_rate: float = 0.05, max_leaf_nodes: int = 15,
-                 min_samples_leaf: int = 40, l2_regularization: float = 1.0) -> None:
-        self.seed = seed
-        self.params = {"max_iter": max_iter, "learning_rate": learning_rate, "max_leaf_nodes": max_leaf_nodes,
-                       "min_samples_leaf": min_samples_leaf, "l2_regularization": l2_regularization}
-        self._gbm: HistGradientBoostingClassifier | None = None
-        self._constant = 0.5
-
-    def fit(self, x: np.ndarray, y: np.ndarray, models: np.ndarray, m: int, model_column: bool) -> None:
-        xs, ys, ws = _binary(x, y)
-        if np.ptp(ys) == 0:
-            self._gbm, self._constant = None, float(ys[0])
-            return
-        cats = np.zeros(x.shape[1], dtype=bool)
-        cats[-1] = model_column = model_column and m <= 250   # the trees' categorical limit
-        self._gbm = HistGradientBoostingClassifier(categorical_features=cats if model_column else None,
-                                                   early_stopping=False, random_state=self.seed, **self.params)
-        self._gbm.fit(xs, ys, sample_weight=ws)
-
-    def predict(self, x: np.ndarray, models: np.ndarray) -> np.ndarray:
-        if self._gbm is None:
-            return np.full(x.shape[0], self._constant)
-        return np.asarray(self._gbm.predict_proba(x)[:, 1])
-
-
-class _Logistic(_Component):
-    """L2 logistic regression on the standardised features plus one-hot model intercepts."""
-
-    def __init__(self, c: float = 1.0) -> None:
-        self.c = c
-        self._m = 0
-        self._model_column = False
-        self._scaler: StandardScaler | None = None
-        self._lr: LogisticRegression | None = None
-        self._constant = 0.5
-
-    def _design(self, x: np.ndarray, models: np.ndarray) -> np.ndarray:
-        dense = x[:, :-1] if self._model_column else x
-        assert self._scaler is not None
-        onehot = np.eye(self._m, dtype=np.float32)[models]
-        return np.hstack([self._scaler.transform(dense), onehot])
-
-    def fit(self, x: np.ndarray, y: np.ndarray, models: np.ndarray, m: int, model_column: bool) -> None:
-        self._m, self._model_column = m, model_column
-        self._scaler = StandardScaler().fit(x[:, :-1] if model_column else x)
-        xs, ys, ws = _binary(self._design(x, models), y)
-        if np.ptp(ys) == 0:
-            self._lr, self._constant = None, float(ys[0])
-            return
-        self._lr = LogisticRegression(C=self.c, max_iter=2000).fit(xs, ys, sample_weight=ws)
-
-    def predict(self, x: np.ndarray, models: np.ndarray) -> np.ndarray:
-        if self._lr is None:
-            return np.full(x.shape[0], self._constant)
-        return np.asarray(self._lr.predict_proba(self._design(x, models))[:, 1])
 
 
 @register_posthoc("posthoc")
