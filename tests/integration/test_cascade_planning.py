@@ -123,3 +123,23 @@ def test_the_answer_judge_learns_from_a_datasets_answers_before_any_job_ran(
     assert right and wrong
     pairs = [(a > b) + 0.5 * (a == b) for a in right for b in wrong]
     assert sum(pairs) / len(pairs) > 0.6, f"within-set AUC {sum(pairs) / len(pairs):.2f}"
+
+
+def test_in_a_scarce_tick_cascades_share_mixtrals_slots(pg_db: Database, tmp_path: Path) -> None:
+    # Mixtral can take only a third of the window this tick: cascades are still planned (they
+    # once needed room for the whole window), and the jobs that start on Mixtral, directly or as
+    # a cascade, fit its slots.
+    test_count = sum(1 for r in read_dataset(DATA).records if r.split is Split.TEST)
+    slots = test_count // 3
+    path = tmp_path / "scarce.toml"
+    path.write_text(FLEET.replace("capacity_jobs = 1000", f"capacity_jobs = {slots}", 1))
+    scarce = load_fleet(path)
+    scheduler, test = fitted_scheduler(pg_db, scarce, tmp_path)
+    batch = BatchSpec(jobs=[JobSpec(prompt=r.prompt, max_tokens=256) for r in test], alpha=0.8)
+    JobStore(pg_db).submit_batch("default", batch, utcnow())
+    report = scheduler.tick()
+
+    on_mixtral = [a for a in report.plan.assignments if a.model == "mixtral"]
+    assert [a for a in on_mixtral if a.cascade], [a.reason for a in report.plan.assignments][:5]
+    assert len(on_mixtral) <= slots
+    assert f"capacity mixtral={slots}, gpt-4=1000" in report.plan.notes
