@@ -94,14 +94,19 @@ def subproblem(problem: AssignmentProblem, rows: np.ndarray,
     )
 
 
+def settled(problem: AssignmentProblem) -> tuple[np.ndarray, np.ndarray]:
+    """(G,) count and (G,) predicted-success sum of each group's settled jobs (zeros when none)."""
+    if problem.settled_jobs is None or problem.settled_p_sum is None:
+        return np.zeros(np.size(problem.alpha)), np.zeros(np.size(problem.alpha))
+    return np.asarray(problem.settled_jobs, float), np.asarray(problem.settled_p_sum, float)
+
+
 def settled_surplus(problem: AssignmentProblem, alpha: np.ndarray | None = None) -> np.ndarray:
     """(G,) the constant part of each quality row: settled_p_sum - settled_jobs * alpha (0 for
     groups without a target or without settled jobs), at ``alpha`` (default the problem's)."""
     alpha = problem.alpha if alpha is None else alpha
-    if problem.settled_jobs is None or problem.settled_p_sum is None:
-        return np.zeros(np.size(alpha))
-    surplus = np.asarray(problem.settled_p_sum, float) - np.asarray(problem.settled_jobs, float) * alpha
-    return np.where(np.isnan(alpha), 0.0, surplus)
+    count, total = settled(problem)
+    return np.where(np.isnan(alpha), 0.0, total - count * alpha)
 
 
 class SolveStatus(str, enum.Enum):

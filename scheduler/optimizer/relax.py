@@ -33,7 +33,7 @@ from scipy.sparse.csgraph import maximum_flow
 from scheduler.optimizer.highs_model import cost_scale, quality_coeff, solve_subset
 from scheduler.optimizer.lp_core import solve_lp
 from scheduler.optimizer.plan_check import FEASIBILITY_TOL, quality_surplus
-from scheduler.optimizer.problem import AssignmentProblem
+from scheduler.optimizer.problem import AssignmentProblem, settled
 
 MAX_DINKELBACH_STEPS = 20
 
@@ -139,11 +139,10 @@ def _group_means(problem: AssignmentProblem, plan: np.ndarray) -> np.ndarray:
     meets a row with that alpha despite floating-point sums (0 for a group with none)."""
     rows = np.flatnonzero(plan >= 0)
     g = problem.group[rows]
-    count = np.bincount(g, minlength=problem.alpha.size).astype(float)
-    total = np.bincount(g, weights=problem.p_success[rows, plan[rows]], minlength=problem.alpha.size)
-    if problem.settled_jobs is not None and problem.settled_p_sum is not None:
-        count += problem.settled_jobs
-        total += problem.settled_p_sum
+    settled_count, settled_total = settled(problem)
+    count = np.bincount(g, minlength=problem.alpha.size) + settled_count
+    scheduled_p = np.bincount(g, weights=problem.p_success[rows, plan[rows]], minlength=problem.alpha.size)
+    total = scheduled_p + settled_total
     return np.floor(total / np.maximum(count, 1) * 1e9) / 1e9
 
 
